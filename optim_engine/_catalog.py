@@ -1,0 +1,75 @@
+"""The catalog: every model, dataset, loss, optimizer and scheduler a spec can name, with the
+JSON schema of its params. Built from the spec alone, so the API serves it without torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from optim_engine import spec as _spec
+
+
+def _name_of(variant: type[BaseModel]) -> list[str]:
+    annotation: Any = variant.model_fields["name"].annotation
+    return [str(n) for n in typing.get_args(annotation)]
+
+
+def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
+    fields = variant.model_fields
+    params_model: Any = fields["params"].annotation if "params" in fields else None
+    entry: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "description": (variant.__doc__ or "").strip().splitlines()[0] if variant.__doc__ else "",
+        "params_schema": params_model.model_json_schema() if params_model is not None else {},
+        "available": True,
+    }
+    if kind == "optimizer":
+        entry["default_lr"] = fields["lr"].default
+        entry["target"] = variant.target  # type: ignore[attr-defined]
+        extra = variant.extra  # type: ignore[attr-defined]
+        if extra is not None:
+            entry["requires"] = extra
+            if extra == "pytorch-optimizer":
+                entry["available"] = importlib.util.find_spec("pytorch_optimizer") is not None
+    if kind == "scheduler":
+        entry["target"] = variant.target  # type: ignore[attr-defined]
+        entry["interval"] = fields["interval"].default
+    if kind == "loss":
+        entry["params_schema"] = {k: v for k, v in variant.model_json_schema().items() if k != "title"}
+        entry["tasks"] = list(variant.tasks)  # type: ignore[attr-defined]
+    if kind == "dataset" and name in ("mnist", "fashion_mnist", "cifar10"):
+        entry["requires"] = "files under OPTIMLAB_DATA_DIR (or OPTIMLAB_ALLOW_DOWNLOAD=true with torchvision)"
+    return entry
+
+
+def _union_members(union: Any) -> list[type[BaseModel]]:
+    inner = typing.get_args(union)[0]
+    return list(typing.get_args(inner))
+
+
+def catalog() -> dict[str, list[dict[str, Any]]]:
+    """Every registry entry by kind, each with its params' JSON schema.
+
+    Names that torch offers but no spec can use (SparseAdam, LambdaLR, ...) appear with
+    ``available: false`` and the reason.
+    """
+    result: dict[str, list[dict[str, Any]]] = {}
+    kinds: dict[str, tuple[str, list[type[BaseModel]]]] = {
+        "models": ("model", _union_members(_spec.ModelSpec)),
+        "datasets": ("dataset", _union_members(_spec.DatasetSpec)),
+        "losses": ("loss", _union_members(_spec.LossSpec)),
+        "optimizers": ("optimizer", list(_spec.OPTIMIZER_VARIANTS)),
+        "schedulers": ("scheduler", list(_spec.SCHEDULER_VARIANTS)),
+    }
+    for key, (kind, variants) in kinds.items():
+        result[key] = [_entry(name, v, kind) for v in variants for name in _name_of(v)]
+    for key, rejected in (("optimizers", _spec.REJECTED_OPTIMIZERS), ("schedulers", _spec.REJECTED_SCHEDULERS)):
+        result[key] += [
+            {"name": name, "kind": key[:-1], "available": False, "reason": reason, "params_schema": {}}
+            for name, reason in rejected.items()
+        ]
+    return result

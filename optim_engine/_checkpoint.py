@@ -1,0 +1,87 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optim_engine.results import EpochMetrics
+
+FILENAME = "checkpoint.pt"
+_FORMAT = 1
+
+
+@dataclass
+class RunState:
+    """The mutable state of a run between epochs, besides module/optimizer/scheduler states."""
+
+    history: list[EpochMetrics]
+    first_loss: float | None = None
+    best_monitored: float | None = None
+    epochs_without_improvement: int = 0
+
+
+def save(
+    directory: Path,
+    *,
+    spec_hash: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: RunState,
+) -> None:
+    """Write the checkpoint atomically (temp file, then rename): a crash never leaves half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": _FORMAT,
+        "spec_hash": spec_hash,
+        "epoch": state.history[-1].epoch if state.history else 0,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history": [m.as_dict() for m in state.history],
+        "first_loss": state.first_loss,
+        "best_monitored": state.best_monitored,
+        "epochs_without_improvement": state.epochs_without_improvement,
+    }
+    tmp = directory / f".{FILENAME}.{os.getpid()}.tmp"
+    torch.save(payload, tmp)
+    os.replace(tmp, directory / FILENAME)
+
+
+def load(
+    directory: Path,
+    *,
+    spec_hash: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> RunState | None:
+    """Restore a run from ``directory`` if it holds a checkpoint; None when it holds none."""
+    path = directory / FILENAME
+    if not path.exists():
+        return None
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != _FORMAT:
+        raise ValueError(f"{path} has checkpoint format {payload.get('format')}, expected {_FORMAT}")
+    if payload["spec_hash"] != spec_hash:
+        raise ValueError(f"{path} was written by a run of a different spec; use another checkpoint_dir")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(payload["scheduler"])
+    torch.set_rng_state(payload["cpu_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return RunState(
+        history=[EpochMetrics(**m) for m in payload["history"]],
+        first_loss=payload["first_loss"],
+        best_monitored=payload["best_monitored"],
+        epochs_without_improvement=payload["epochs_without_improvement"],
+    )

@@ -1,0 +1,286 @@
+"""The training loop every worker runs: ``train(spec)``."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optim_engine import _checkpoint, _seeding
+from optim_engine._datasets import TensorData, build_dataset
+from optim_engine._models import build_loss, build_model, count_correct
+from optim_engine._optim import build_optimizer, build_scheduler, steps_per_epoch
+from optim_engine.results import EpochMetrics, Outcome, TrainResult
+from optim_engine.settings import get_settings
+from optim_engine.spec import JobSpec
+
+EVAL_CHUNK = 8192
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise RuntimeError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device 'mps' requested but MPS is not available")
+    return device
+
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _environment(spec: JobSpec, device: torch.device, optimizer: torch.optim.Optimizer, bf16: bool) -> dict[str, Any]:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "device_name": name,
+        "dtype": "bfloat16-autocast" if bf16 else "float32",
+        "seed": spec.seed,
+        "threads": torch.get_num_threads(),
+        "optimizer_implementation": getattr(optimizer, "engine_implementation", "for-loop"),
+        "compiled": spec.compile,
+    }
+
+
+def train(
+    spec: JobSpec | dict[str, Any],
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    num_threads: int | None = None,
+) -> TrainResult:
+    """Train one spec and report every epoch.
+
+    Args:
+        spec: a ``JobSpec`` or a plain dict that validates as one.
+        on_epoch: called with each finished epoch's metrics, before that epoch is checkpointed,
+            so a consumer that persists metrics never misses an epoch across a crash.
+        should_stop: polled before each epoch; True ends the run as ``cancelled``.
+        checkpoint_dir: when given, the run resumes from the checkpoint found there and writes
+            one after every epoch.
+        num_threads: torch intra-op threads for the run (default: ``OPTIMLAB_TORCH_THREADS``).
+
+    Returns:
+        A ``TrainResult``: outcome, per-epoch history (including epochs from before a resume),
+        best epoch and environment. Divergence is an outcome, not an exception.
+    """
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    threads = get_settings().torch_threads if num_threads is None else num_threads
+    # fork_rng: a run neither depends on nor disturbs the caller's global RNG state.
+    with _threads(threads), torch.random.fork_rng(devices=[]):
+        return _run(spec, on_epoch, should_stop, Path(checkpoint_dir) if checkpoint_dir is not None else None)
+
+
+def _run(
+    spec: JobSpec,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    should_stop: Callable[[], bool] | None,
+    checkpoint_dir: Path | None,
+) -> TrainResult:
+    device = resolve_device(spec.device)
+    data = build_dataset(spec, device)
+    model = build_model(spec).to(device)
+    optimizer = build_optimizer(spec, model, device)
+    n_train = data.x_train.shape[0]
+    scheduler = build_scheduler(spec, optimizer, steps_per_epoch(n_train, spec.batch_size))
+    per_step = scheduler if spec.schedulers and spec.schedulers[0].interval == "step" else None
+    per_epoch = scheduler if per_step is None else None
+    loss_fn = build_loss(spec)
+    bf16 = spec.precision == "bf16" and device.type in ("cuda", "cpu")
+    forward = torch.compile(model) if spec.compile else model
+    torch.manual_seed(_seeding.dropout_seed(spec.seed))
+
+    spec_hash = spec.spec_hash()
+    state = _checkpoint.RunState(history=[])
+    resumed_from = None
+    if checkpoint_dir is not None:
+        restored = _checkpoint.load(
+            checkpoint_dir, spec_hash=spec_hash, model=model, optimizer=optimizer, scheduler=scheduler
+        )
+        if restored is not None:
+            state, resumed_from = restored, len(restored.history)
+
+    environment = _environment(spec, device, optimizer, bf16)
+    outcome: Outcome = "completed"
+    diverged_epoch = None
+    early = spec.early_stopping
+    if early is not None and state.epochs_without_improvement >= early.patience:
+        # Restored from the checkpoint of an epoch that had already stopped the run early.
+        return TrainResult("early_stopped", state.history, environment, resumed_from_epoch=resumed_from)
+    for epoch in range(len(state.history) + 1, spec.epochs + 1):
+        if should_stop is not None and should_stop():
+            outcome = "cancelled"
+            break
+        metrics, first_loss = _epoch(
+            spec, epoch, forward, data, optimizer, loss_fn, per_step, bf16, device, state.first_loss
+        )
+        state.first_loss = first_loss
+        state.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        if spec.divergence.enabled and _diverged(metrics, first_loss, spec.divergence.max_loss_ratio):
+            outcome, diverged_epoch = "diverged", epoch
+            break
+        if isinstance(per_epoch, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            per_epoch.step(metrics.monitored_loss)
+        elif per_epoch is not None:
+            per_epoch.step()
+        stop_early = False
+        if early is not None:
+            value = metrics.val_loss if early.monitor == "val_loss" else metrics.train_loss
+            assert value is not None  # the spec validator guarantees a validation set for val_loss
+            if state.best_monitored is None or value < state.best_monitored - early.min_delta:
+                state.best_monitored, state.epochs_without_improvement = value, 0
+            else:
+                state.epochs_without_improvement += 1
+            stop_early = state.epochs_without_improvement >= early.patience
+        if checkpoint_dir is not None:
+            _checkpoint.save(
+                checkpoint_dir, spec_hash=spec_hash, model=model, optimizer=optimizer, scheduler=scheduler, state=state
+            )
+        if stop_early:
+            outcome = "early_stopped"
+            break
+    return TrainResult(
+        outcome=outcome,
+        history=state.history,
+        environment=environment,
+        diverged_epoch=diverged_epoch,
+        resumed_from_epoch=resumed_from,
+    )
+
+
+def _diverged(metrics: EpochMetrics, first_loss: float | None, max_ratio: float) -> bool:
+    losses = [metrics.train_loss] + ([metrics.val_loss] if metrics.val_loss is not None else [])
+    if not all(math.isfinite(loss) for loss in losses):
+        return True
+    return first_loss is not None and first_loss > 0 and metrics.train_loss > max_ratio * first_loss
+
+
+def _epoch(
+    spec: JobSpec,
+    epoch: int,
+    model: Callable[[torch.Tensor], torch.Tensor],
+    data: TensorData,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    per_step_scheduler: Any,
+    bf16: bool,
+    device: torch.device,
+    first_loss: float | None,
+) -> tuple[EpochMetrics, float | None]:
+    started = time.perf_counter()
+    module = model if isinstance(model, torch.nn.Module) else None
+    lr = float(optimizer.param_groups[0]["lr"])
+    autocast: AbstractContextManager[Any] = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    clip = spec.grad_clip_norm
+    lbfgs = isinstance(optimizer, torch.optim.LBFGS)
+
+    # One gather per epoch, then each batch is a view: no per-batch indexing or DataLoader.
+    order = _seeding.epoch_permutation(data.x_train.shape[0], spec.seed, epoch).to(device)
+    x_all, y_all = data.x_train[order], data.y_train[order]
+    n = x_all.shape[0]
+    loss_sum = torch.zeros((), device=device)
+    first = None
+    grad_norm = torch.zeros((), device=device)
+    if module is not None:
+        module.train()
+    for start in range(0, n, spec.batch_size):
+        xb, yb = x_all[start : start + spec.batch_size], y_all[start : start + spec.batch_size]
+
+        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                loss = loss_fn(model(xb), yb)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            return loss
+
+        loss: torch.Tensor
+        if lbfgs:
+            loss = optimizer.step(closure)  # type: ignore[arg-type,assignment]
+        else:
+            loss = closure()
+            optimizer.step()
+        if per_step_scheduler is not None:
+            per_step_scheduler.step()
+        # Accumulate on the device: no .item() (a CPU-GPU sync) inside the step loop.
+        loss_sum.add_(loss.detach(), alpha=xb.shape[0])
+        if first is None and first_loss is None:
+            first = loss.detach()
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    train_loss, norm = torch.stack([loss_sum / n, grad_norm.to(loss_sum.dtype)]).tolist()  # the epoch's one sync
+    if first is not None:
+        first_loss = float(first)
+    train_seconds = time.perf_counter() - started
+
+    val_loss = val_accuracy = None
+    if data.has_validation:
+        val_loss, accuracy = _evaluate(model, module, data, loss_fn, autocast)
+        val_accuracy = accuracy if data.info.task == "classification" else None
+    seconds = time.perf_counter() - started
+    metrics = EpochMetrics(
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_accuracy=val_accuracy,
+        lr=lr,
+        grad_norm=norm,
+        epoch_seconds=seconds,
+        samples_per_second=n / train_seconds if train_seconds > 0 else math.inf,
+    )
+    return metrics, first_loss
+
+
+@torch.no_grad()
+def _evaluate(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    module: torch.nn.Module | None,
+    data: TensorData,
+    loss_fn: torch.nn.Module,
+    autocast: AbstractContextManager[Any],
+) -> tuple[float, float]:
+    if module is not None:
+        module.eval()
+    total = torch.zeros((), device=data.x_val.device)
+    correct = torch.zeros((), device=data.x_val.device, dtype=torch.long)
+    n = data.x_val.shape[0]
+    for start in range(0, n, EVAL_CHUNK):
+        xb, yb = data.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
+        with autocast:
+            output = model(xb)
+        total += loss_fn(output.float(), yb).float() * xb.shape[0]
+        if data.info.task == "classification":
+            correct += count_correct(output, yb)
+    if module is not None:
+        module.train()
+    loss, accuracy = torch.stack([total / n, correct.to(total.dtype) / n]).tolist()
+    return loss, accuracy
