@@ -511,3 +511,17 @@ def test_optimizer_plugin_through_entry_point(tmp_path: Path) -> None:
     )
     env = {"PYTHONPATH": f"{tmp_path}:{Path.cwd()}", "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path.cwd())
+
+
+def test_command_line_trains_a_yaml_spec(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from optim_engine.__main__ import main
+
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(JobSpec.model_validate(seed_spec({"name": "sgd", "lr": 0.01}, epochs=2)).to_yaml())
+    assert main([str(spec_file)]) == 0
+    out = capsys.readouterr().out
+    assert '"outcome": "completed"' in out
+    assert '"epochs_done": 2' in out
+    spec_file.write_text("optimizer: {name: sgd, lr: -1}\n")
+    assert main([str(spec_file)]) == 2
+    assert "optimizer.sgd.lr" in capsys.readouterr().err
