@@ -33,9 +33,13 @@ def resolve(target: str) -> Any:
 def _fused_supported(cls: type, device: torch.device) -> bool:
     if "fused" not in inspect.signature(cls).parameters:
         return False
-    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+    try:  # private in torch; fall back to the devices every torch >= 2.5 supports
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
-    return device.type in _get_fused_kernels_supported_devices()
+        supported = _get_fused_kernels_supported_devices()
+    except ImportError:
+        supported = ["cuda", "cpu"]
+    return device.type in supported
 
 
 def choose_implementation(cls: type, kwargs: dict[str, Any], device: torch.device) -> tuple[dict[str, Any], str]:

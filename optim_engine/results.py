@@ -65,7 +65,7 @@ class TrainResult:
     def best(self) -> EpochMetrics | None:
         """Metrics of the best epoch."""
         best = self.best_epoch
-        return None if best is None else self.history[best - 1 - (self.history[0].epoch - 1)]
+        return next((m for m in self.history if m.epoch == best), None)
 
     @property
     def final(self) -> EpochMetrics | None:
