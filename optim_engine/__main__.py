@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from optim_engine.results import EpochMetrics
 from optim_engine.spec import JobSpec
 
 
@@ -32,10 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"{'epoch':>5} {'train_loss':>12} {'val_loss':>12} {'val_acc':>8} {'lr':>10} {'s':>7}")
 
-    def show(m: object) -> None:
-        from optim_engine.results import EpochMetrics
-
-        assert isinstance(m, EpochMetrics)
+    def show(m: EpochMetrics) -> None:
         val = f"{m.val_loss:12.6g}" if m.val_loss is not None else f"{'-':>12}"
         acc = f"{m.val_accuracy:8.4f}" if m.val_accuracy is not None else f"{'-':>8}"
         print(f"{m.epoch:5d} {m.train_loss:12.6g} {val} {acc} {m.lr:10.3g} {m.epoch_seconds:7.3f}", flush=True)

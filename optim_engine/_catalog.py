@@ -12,11 +12,6 @@ from pydantic import BaseModel
 from optim_engine import spec as _spec
 
 
-def _name_of(variant: type[BaseModel]) -> list[str]:
-    annotation: Any = variant.model_fields["name"].annotation
-    return [str(n) for n in typing.get_args(annotation)]
-
-
 def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
     fields = variant.model_fields
     params_model: Any = fields["params"].annotation if "params" in fields else None
@@ -66,7 +61,7 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
         "schedulers": ("scheduler", list(_spec.SCHEDULER_VARIANTS)),
     }
     for key, (kind, variants) in kinds.items():
-        result[key] = [_entry(name, v, kind) for v in variants for name in _name_of(v)]
+        result[key] = [_entry(name, v, kind) for v in variants for name in _spec.variant_names(v)]
     for key, rejected in (("optimizers", _spec.REJECTED_OPTIMIZERS), ("schedulers", _spec.REJECTED_SCHEDULERS)):
         result[key] += [
             {"name": name, "kind": key[:-1], "available": False, "reason": reason, "params_schema": {}}

@@ -14,10 +14,8 @@ from optim_engine import _data_files
 from optim_engine.settings import get_settings
 from optim_engine.spec import (
     BCEWithLogitsLoss,
-    CsvDataset,
     DatasetInfo,
     JobSpec,
-    NpzDataset,
     SklearnDataset,
     SyntheticClassificationDataset,
     SyntheticRegressionDataset,
@@ -75,10 +73,6 @@ def _sklearn(spec: SklearnDataset, _: Path) -> _data_files.ArrayData:
     return _data_files.ArrayData(x=np.asarray(bunch.data), y=np.asarray(bunch.target))
 
 
-def _file(spec: NpzDataset | CsvDataset, root: Path) -> _data_files.ArrayData:
-    return file_arrays(spec, root)
-
-
 def _vision(spec: VisionDataset, root: Path) -> _data_files.ArrayData:
     try:
         _data_files.vision_paths(spec.name, root)
@@ -108,8 +102,8 @@ DATASETS: dict[str, Callable[[Any, Path], _data_files.ArrayData]] = {
     "synthetic_regression": _synthetic_regression,
     "synthetic_classification": _synthetic_classification,
     **{name: _sklearn for name in ("digits", "iris", "wine", "breast_cancer", "diabetes")},
-    "npz": _file,
-    "csv": _file,
+    "npz": file_arrays,
+    "csv": file_arrays,
     **{name: _vision for name in ("mnist", "fashion_mnist", "cifar10")},
 }
 

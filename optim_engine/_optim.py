@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer, lr_scheduler
 
-from optim_engine.spec import OPTIMIZER_VARIANTS, SCHEDULER_VARIANTS, JobSpec
+from optim_engine.spec import OPTIMIZER_VARIANTS, SCHEDULER_VARIANTS, JobSpec, variant_names
 
 # name -> spec variant; each variant names the class it builds as ``module:attribute``.
-OPTIMIZERS: dict[str, Any] = {v.model_fields["name"].annotation.__args__[0]: v for v in OPTIMIZER_VARIANTS}  # type: ignore[union-attr]
-SCHEDULERS: dict[str, Any] = {v.model_fields["name"].annotation.__args__[0]: v for v in SCHEDULER_VARIANTS}  # type: ignore[union-attr]
+OPTIMIZERS: dict[str, Any] = {variant_names(v)[0]: v for v in OPTIMIZER_VARIANTS}
+SCHEDULERS: dict[str, Any] = {variant_names(v)[0]: v for v in SCHEDULER_VARIANTS}
 
 Scheduler = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
 

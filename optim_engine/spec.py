@@ -13,7 +13,7 @@ import hashlib
 import importlib.util
 import json
 import math
-from functools import lru_cache
+import typing
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
@@ -33,6 +33,12 @@ from pydantic import (
 from optim_engine import _data_files
 from optim_engine.plugins import OptimizerPlugin
 from optim_engine.settings import get_settings
+
+
+def variant_names(variant: type[BaseModel]) -> tuple[str, ...]:
+    """The registry keys a union variant answers to (the values of its ``name`` Literal)."""
+    annotation: Any = variant.model_fields["name"].annotation
+    return tuple(str(name) for name in typing.get_args(annotation))
 
 
 class _Strict(BaseModel):
@@ -357,7 +363,7 @@ _PYTORCH_OPTIMIZERS: list[type[_OptimizerBase]] = [
 
 
 def _plugin_optimizers() -> list[type[_OptimizerBase]]:
-    taken = {v.model_fields["name"].annotation.__args__[0] for v in _TORCH_OPTIMIZERS + _PYTORCH_OPTIMIZERS}  # type: ignore[union-attr]
+    taken = {name for v in _TORCH_OPTIMIZERS + _PYTORCH_OPTIMIZERS for name in variant_names(v)}
     found = []
     for entry in entry_points(group="optimlab.optimizers"):
         plugin = entry.load()
@@ -373,10 +379,6 @@ def _plugin_optimizers() -> list[type[_OptimizerBase]]:
 
 
 OPTIMIZER_VARIANTS: list[type[_OptimizerBase]] = _TORCH_OPTIMIZERS + _PYTORCH_OPTIMIZERS + _plugin_optimizers()
-
-
-def _variant_name(variant: type[BaseModel]) -> str:
-    return str(variant.model_fields["name"].annotation.__args__[0])  # type: ignore[union-attr]
 
 
 def _reject_known(rejected: dict[str, str], kind: str) -> Any:
@@ -1090,15 +1092,3 @@ def _check_schedulers(schedulers: list[Any], spec: JobSpec) -> None:
         raise ValueError(
             f"scheduler: the chain's epochs ({spans}) leave none of the run's {spec.epochs} epochs for the last scheduler"
         )
-
-
-@lru_cache
-def optimizer_names() -> tuple[str, ...]:
-    """Registry keys of every optimizer a spec can name."""
-    return tuple(_variant_name(v) for v in OPTIMIZER_VARIANTS)
-
-
-@lru_cache
-def scheduler_names() -> tuple[str, ...]:
-    """Registry keys of every scheduler a spec can name."""
-    return tuple(_variant_name(v) for v in SCHEDULER_VARIANTS)

@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from optim_engine import catalog
-from optim_engine.spec import OPTIMIZER_VARIANTS, SCHEDULER_VARIANTS, JobSpec
+from optim_engine.spec import OPTIMIZER_VARIANTS, SCHEDULER_VARIANTS, JobSpec, variant_names
 from tests.conftest import digits_spec, seed_spec
 
 # Values for the params a scheduler cannot default (torch has no default for them either).
@@ -28,7 +28,7 @@ REQUIRED_SCHEDULER_PARAMS: dict[str, dict[str, Any]] = {
 
 
 def _name(variant: Any) -> str:
-    return variant.model_fields["name"].annotation.__args__[0]
+    return variant_names(variant)[0]
 
 
 def test_minimal_spec_is_a_few_lines() -> None:
