@@ -1,0 +1,344 @@
+"""The REST API (FastAPI, versioned under /v1). Imports no torch: specs are validated with the
+engine's torch-free schema and jobs are enqueued by task name."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+import secrets
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from optim_engine import catalog as engine_catalog
+from optim_engine.spec import JobSpec, variant_names
+from service import broker
+from service.db import jobs as job_ops
+from service.db.models import METRIC_COLUMNS
+from service.db.session import make_engine, make_session_factory, utcnow
+from service.errors import InvalidRequest, OptimlabError, ServiceUnavailable
+from service.reaper import Reaper
+from service.schemas import EpochRow, ErrorOut, JobCreate, JobMetrics, JobOut, JobPage
+from service.settings import Settings, get_settings
+
+log = logging.getLogger("optimlab.api")
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text_}
+    for code, text_ in {
+        401: "Missing or wrong API key",
+        404: "Unknown job",
+        409: "Illegal state transition or idempotency-key reuse",
+        422: "Invalid request; `detail` lists each field",
+        503: "Database or broker unavailable",
+    }.items()
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; the database engine, Celery producer and reaper live as long as it does."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.resolved_database_url())
+        app.state.session_factory = make_session_factory(engine)
+        app.state.celery = broker.make_celery(settings)
+        reaper = Reaper(app.state.session_factory, app.state.celery, settings)
+        stop = threading.Event()
+        thread = None
+        if settings.reaper_interval_s > 0:
+            thread = threading.Thread(target=reaper.run_forever, args=(stop,), name="optimlab-reaper", daemon=True)
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if thread is not None:
+                thread.join(timeout=5)
+            engine.dispose()
+
+    app = FastAPI(
+        title="optimlab",
+        version="0.1.0",
+        description="Submit PyTorch training jobs and query every epoch's metrics.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    _install_error_handlers(app)
+    app.include_router(_routes(settings))
+    return app
+
+
+# --- dependencies ------------------------------------------------------------------------------
+
+
+def _session(request: Request) -> Iterator[Session]:
+    """One session per request: commit on success, roll back on error."""
+    session: Session = request.app.state.session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(_session)]
+
+
+class _Unauthorized(OptimlabError):
+    code = "unauthorized"
+    status_code = 401
+
+
+def _require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.strip(), key) for key in keys):
+        raise _Unauthorized("Send 'Authorization: Bearer <key>' with one of the server's OPTIMLAB_API_KEYS")
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+def _routes(settings: Settings) -> Any:
+    from fastapi import APIRouter
+
+    health = APIRouter()
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(_require_key)], responses=ERRORS)
+
+    @health.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @health.get("/readyz", tags=["health"], responses={503: {"model": ErrorOut}})
+    def readyz(request: Request) -> JSONResponse:
+        """The database and the broker are reachable."""
+        checks = {"database": "ok", "broker": "ok"}
+        try:
+            with request.app.state.session_factory() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if not broker.broker_reachable(request.app.state.celery):
+            checks["broker"] = "unreachable"
+        ready = all(v == "ok" for v in checks.values())
+        body = {"status": "ready"} | checks if ready else {"error": "unavailable", "detail": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @v1.post("/jobs", status_code=201, tags=["jobs"], response_model=JobOut)
+    def create_job(
+        body: JobCreate,
+        request: Request,
+        response: Response,
+        session: SessionDep,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> JobOut:
+        """Validate a spec and queue it. With an `Idempotency-Key` header, a retried POST returns
+        the job the first one created (200) instead of creating a second."""
+        _check_caps(body.spec, settings)
+        spec_json = body.spec.model_dump(mode="json")
+        job, created = job_ops.create_job(
+            session,
+            spec=spec_json,
+            spec_hash=body.spec.spec_hash(),
+            optimizer=variant_names(body.spec.optimizer)[0],
+            queue=broker.queue_for(body.spec.device, settings),
+            tags=body.tags,
+            name=body.name,
+            idempotency_key=idempotency_key,
+        )
+        session.commit()  # the row exists before any worker can look for it
+        if not created:
+            response.status_code = 200
+            return JobOut.of(job, utcnow())
+        try:
+            broker.enqueue(request.app.state.celery, job.id, job.queue)
+        except Exception as exc:
+            log.warning("enqueue of job %s failed: %s; removing it", job.id, exc)
+            job_ops.delete_job(session, job.id)
+            session.commit()
+            raise ServiceUnavailable("The broker is unreachable; the job was not created. Retry later.") from exc
+        return JobOut.of(job, utcnow())
+
+    @v1.get("/jobs", tags=["jobs"])
+    def list_jobs(
+        session: SessionDep,
+        status: Annotated[list[str] | None, Query(description="Repeat for several.")] = None,
+        sweep_id: int | None = None,
+        optimizer: str | None = None,
+        tag: str | None = None,
+        sort: Annotated[str, Query(description=f"One of {sorted(job_ops.SORTABLE)}; '-' for descending.")] = (
+            "-created_at"
+        ),
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs, filtered and sorted, one page at a time."""
+        bad = [s for s in status or [] if s not in _STATUSES]
+        if bad:
+            raise InvalidRequest(f"status: unknown {bad}; use {sorted(_STATUSES)}")
+        flt = job_ops.JobFilter(statuses=status or (), sweep_id=sweep_id, optimizer=optimizer, tag=tag)
+        items, next_cursor = job_ops.list_jobs(session, flt, sort=sort, limit=limit, cursor=cursor)
+        now = utcnow()
+        return JobPage(items=[JobOut.of(j, now) for j in items], next_cursor=next_cursor)
+
+    @v1.get("/jobs/{job_id}", tags=["jobs"])
+    def get_job(job_id: int, session: SessionDep) -> JobOut:
+        """Status, spec, summary, error, attempt, worker, device and timings of one job."""
+        return JobOut.of(job_ops.get_job(session, job_id), utcnow())
+
+    @v1.get(
+        "/jobs/{job_id}/metrics",
+        tags=["jobs"],
+        responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV with ?format=csv"}},
+    )
+    def job_metrics(
+        job_id: int,
+        session: SessionDep,
+        since_epoch: Annotated[int, Query(ge=0, description="Only epochs after this one (live polling).")] = 0,
+        format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+    ) -> Any:
+        """Every epoch's metrics; `?since_epoch=N` returns only newer epochs."""
+        job = job_ops.get_job(session, job_id)
+        rows = job_ops.epoch_metrics(session, job_id, since_epoch)
+        if format == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(["epoch", *METRIC_COLUMNS])
+            for row in rows:
+                writer.writerow(
+                    [row.epoch, *("" if (v := getattr(row, c)) is None else repr(v) for c in METRIC_COLUMNS)]
+                )
+            return Response(out.getvalue(), media_type="text/csv")
+        return JobMetrics(
+            job_id=job.id,
+            status=job.status,
+            epochs_done=job.epochs_done,
+            rows=[EpochRow.model_validate(row, from_attributes=True) for row in rows],
+        )
+
+    @v1.post("/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel_job(job_id: int, session: SessionDep) -> JobOut:
+        """Queued: it never runs. Running: it stops at its next epoch boundary. Finished: 409."""
+        job = job_ops.request_cancel(session, job_id)
+        session.commit()
+        return JobOut.of(job, utcnow())
+
+    @v1.get("/catalog", tags=["catalog"])
+    def get_catalog() -> dict[str, list[dict[str, Any]]]:
+        """Models, datasets, losses, optimizers and schedulers, each with its params' JSON schema."""
+        return _CATALOG()
+
+    health.include_router(v1)
+    return health
+
+
+_STATUSES = {"queued", "running", "succeeded", "failed", "diverged", "cancelled"}
+
+
+def _catalog_once() -> Any:
+    cached: dict[str, list[dict[str, Any]]] = {}
+
+    def get() -> dict[str, list[dict[str, Any]]]:
+        if not cached:
+            cached.update(engine_catalog())
+        return cached
+
+    return get
+
+
+_CATALOG = _catalog_once()
+
+
+def _check_caps(spec: JobSpec, settings: Settings) -> None:
+    """The server's resource caps, reported like any other field error."""
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if spec.epochs > settings.max_epochs:
+        problems.append((("epochs",), f"{spec.epochs} exceeds this server's cap of {settings.max_epochs}"))
+    if spec.batch_size > settings.max_batch_size:
+        problems.append((("batch_size",), f"{spec.batch_size} exceeds this server's cap of {settings.max_batch_size}"))
+    n_samples = getattr(getattr(spec.dataset, "params", None), "n_samples", None)
+    if n_samples is not None and n_samples > settings.max_samples:
+        msg = f"{n_samples} exceeds this server's cap of {settings.max_samples}"
+        problems.append((("dataset", "params", "n_samples"), msg))
+    params = getattr(spec.model, "params", None)
+    widths = [getattr(params, "width", None), getattr(params, "hidden", None), *getattr(params, "channels", [])]
+    widest = max((w for w in widths if isinstance(w, int)), default=0)
+    if widest > settings.max_model_width:
+        msg = f"width {widest} exceeds this server's cap of {settings.max_model_width}"
+        problems.append((("model", "params"), msg))
+    if problems:
+        raise RequestValidationError(
+            [{"loc": ("body", "spec", *loc), "msg": msg, "type": "resource_cap"} for loc, msg in problems]
+        )
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+_FIELD_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_]+)*): (.*)$", re.S)
+
+
+def _validation_detail(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic errors as {loc, field, msg, type}; a cross-field error's "field: message" prefix
+    (the spec's model validators name the field that way) becomes part of its location."""
+    detail = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        msg = str(error.get("msg", ""))
+        match = _FIELD_PREFIX.match(msg)
+        if match and error.get("type") == "value_error":
+            loc += match.group(1).split(".")
+            msg = match.group(2)
+        field = ".".join(part for part in loc if part != "body")
+        detail.append({"loc": loc, "field": field, "msg": msg, "type": str(error.get("type", "invalid"))})
+    return detail
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OptimlabError)
+    async def _domain(_request: Request, exc: OptimlabError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid_request", "detail": _validation_detail(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": "http_error", "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if isinstance(exc, OperationalError) or exc.connection_invalidated:
+            log.warning("database unavailable: %s", exc.orig)
+            detail = "The database is unreachable; nothing was changed. Retry later."
+            return JSONResponse({"error": "database_unavailable", "detail": detail}, status_code=503)
+        log.exception("database error")
+        return JSONResponse({"error": "internal", "detail": "A database error occurred"}, status_code=500)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"error": "internal", "detail": type(exc).__name__}, status_code=500)

@@ -1,0 +1,99 @@
+"""The Celery side of the API process: the app's configuration and enqueueing by task name.
+
+The API never imports the worker's task code (which imports torch); it sends ``workers.run_job``
+by name. Workers build their Celery app from the same function, so both agree on queues,
+serialization and broker options.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from service.settings import Settings
+
+RUN_JOB = "workers.run_job"
+QUEUES = ("gpu", "cpu")
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings for long training jobs: a lost worker's task is delivered again, never dropped."""
+    options: dict[str, Any]
+    if settings.embedded:
+        folder = settings.broker_folder()
+        for sub in ("queue", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        broker = "filesystem://"
+        options = {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "polling_interval": settings.broker_polling_interval_s,  # kombu's default 1 s costs ~1 s per job
+        }
+    else:
+        assert settings.broker_url is not None
+        broker = settings.broker_url
+        options = {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # kombu sweeps unacked messages back only every ~100 s by default.
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": settings.unacked_restore_interval_s,
+            "socket_connect_timeout": 2,
+            "socket_timeout": 10,
+        }
+    return {
+        "broker_url": broker,
+        "broker_transport_options": options,
+        "broker_connection_retry_on_startup": True,
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
+        "task_default_queue": "cpu",
+        "task_create_missing_queues": False,  # a typo in a queue name fails loudly
+        "task_acks_late": True,  # ack after the job ran: a worker that dies mid-job leaves it to redeliver
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": 1,  # one job at a time per process; no job waits behind another
+        "task_ignore_result": True,  # the database is the record
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.25,
+            "interval_max": 0.5,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "broker_heartbeat": 0,
+    }
+
+
+def make_celery(settings: Settings, *, include: list[str] | None = None) -> Celery:
+    app = Celery("optimlab", include=include or [])
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def queue_for(device: str, settings: Settings) -> str:
+    """``cuda``/``cuda:N`` → gpu, ``cpu`` → cpu, ``mps`` → cpu (a laptop's worker), ``auto`` → setting."""
+    if device.startswith("cuda"):
+        return "gpu"
+    if device == "auto":
+        return settings.auto_device_queue
+    return "cpu"
+
+
+def enqueue(app: Celery, job_id: int, queue: str) -> None:
+    """Send ``workers.run_job(job_id)`` to ``queue``; raises kombu/redis errors when the broker is down."""
+    app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
+
+
+def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,189 @@
+"""The ``optimlab`` command: run the service (embedded or as separate API and worker processes)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from service.settings import get_settings
+
+app = typer.Typer(help="optimlab: optimizer experiments as a service.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+EMBEDDED_REQUEUE_AFTER_S = "30"
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from service.db.migrate import upgrade
+
+    url = get_settings().resolved_database_url()
+    upgrade(url, revision)
+    console.print(f"database at [bold]{_redact(url)}[/] is at {revision}")
+
+
+@app.command()
+def api(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    log_level: str = "info",
+) -> None:
+    """Serve the REST API (the database must be migrated: `optimlab db upgrade`)."""
+    import uvicorn
+
+    from service.api import create_app
+
+    _logging(log_level)
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def worker(
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: gpu with GPUs, else cpu).")] = None,
+    gpus: Annotated[str, typer.Option(help="'auto' (nvidia-smi), 'none', or GPU ids like '0,1'.")] = "auto",
+    concurrency: Annotated[int | None, typer.Option(help="Processes (default: one per GPU, else 1).")] = None,
+    name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    log_level: str = "info",
+) -> None:
+    """Run a Celery worker: one pool process per GPU, each pinned to its own GPU."""
+    gpu_ids = _detect_gpus(gpus)
+    if gpu_ids:
+        os.environ["OPTIMLAB_WORKER_GPUS"] = ",".join(gpu_ids)
+    argv = [
+        "worker",
+        "--queues",
+        queues or ("gpu" if gpu_ids else "cpu"),
+        "--concurrency",
+        str(concurrency or max(len(gpu_ids), 1)),
+        "--loglevel",
+        log_level.upper(),
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if name:
+        argv += ["--hostname", name]
+    from workers.app import app as celery_app
+
+    celery_app.worker_main(argv)
+
+
+@app.command()
+def up(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=0, help="Worker processes to start.")] = 1,
+    log_level: str = "info",
+) -> None:
+    """Everything on one machine: migrations, the API and worker processes, no servers to install.
+
+    State (SQLite database, broker folders, checkpoints) lives in OPTIMLAB_HOME (default ./.optimlab).
+    """
+    import uvicorn
+
+    from service.api import create_app
+    from service.db.migrate import upgrade
+
+    _logging(log_level)
+    # The filesystem broker loses a killed consumer's message; the API re-sends stalled jobs.
+    os.environ.setdefault("OPTIMLAB_REQUEUE_QUEUED_AFTER_S", EMBEDDED_REQUEUE_AFTER_S)
+    get_settings.cache_clear()
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url())
+    pool = _WorkerPool(workers, log_level)
+    pool.start()
+    console.print(
+        f"optimlab: API on [bold]http://{host}:{port}[/] (docs at /docs), {workers} worker(s), "
+        f"state in {settings.home.resolve()}"
+    )
+    try:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+    finally:
+        pool.stop()
+
+
+class _WorkerPool:
+    """Worker subprocesses for ``optimlab up``, restarted if one dies."""
+
+    def __init__(self, count: int, log_level: str) -> None:
+        self._count = count
+        self._log_level = log_level
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stopping = threading.Event()
+        self._watch = threading.Thread(target=self._supervise, name="optimlab-workers", daemon=True)
+
+    def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "service.cli", "worker", "--queues", "gpu,cpu", "--gpus", "none"]
+        command += ["--name", f"embedded{index}@%h", "--log-level", self._log_level]
+        return subprocess.Popen(command, start_new_session=True)
+
+    def start(self) -> None:
+        self._procs = [self._spawn(i) for i in range(self._count)]
+        self._watch.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for i, proc in enumerate(self._procs):
+                if proc.poll() is not None and not self._stopping.is_set():
+                    console.print(f"worker {i} exited with {proc.returncode}; restarting it")
+                    self._procs[i] = self._spawn(i)
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Warm shutdown (a running job finishes its epoch loop or is requeued on the next start)."""
+        self._stopping.set()
+        for proc in self._procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _detect_gpus(spec: str) -> list[str]:
+    if spec == "none":
+        return []
+    if spec != "auto":
+        return [g.strip() for g in spec.split(",") if g.strip()]
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return []
+    try:
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (subprocess.SubprocessError, OSError):
+        return []
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True) if "://" in url else str(Path(url))
+
+
+if __name__ == "__main__":
+    app()

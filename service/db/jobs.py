@@ -1,0 +1,396 @@
+"""Job operations shared by the API and the workers.
+
+Every status change is a conditional UPDATE that returns whether it won, so concurrent API
+calls, redelivered tasks and the reaper never move a job backwards or clobber each other.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.models import METRIC_COLUMNS, TERMINAL, EpochMetric, Job, JobStatus, JobTag
+from service.db.session import utcnow
+from service.errors import IdempotencyConflict, IllegalTransition, InvalidRequest, JobNotFound
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: Mapping[str, Any],
+    spec_hash: str,
+    optimizer: str,
+    queue: str,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    idempotency_key: str | None = None,
+    sweep_id: int | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued job and flush it; returns ``(job, created)``.
+
+    With an idempotency key already used for the same spec, the existing job is returned with
+    ``created=False``; used for a different spec, it is an ``IdempotencyConflict``.
+    """
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, idempotency_key, spec_hash)
+        if existing is not None:
+            return existing, False
+    now = utcnow()
+    job = Job(
+        sweep_id=sweep_id,
+        name=name,
+        spec=dict(spec),
+        spec_hash=spec_hash,
+        optimizer=optimizer,
+        queue=queue,
+        status=JobStatus.queued,
+        attempt=0,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        created_at=now,
+        enqueued_at=now,
+        epochs_done=0,
+        tags=[JobTag(tag=tag) for tag in dict.fromkeys(tags)],
+    )
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job, True
+    try:
+        with session.begin_nested():  # a concurrent POST with the same key loses the race here
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        existing = _by_idempotency_key(session, idempotency_key, spec_hash)
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, key: str, spec_hash: str) -> Job | None:
+    job = session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+    if job is not None and job.spec_hash != spec_hash:
+        raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for job {job.id} with a different spec")
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+SORTABLE = {
+    "created_at": Job.created_at,
+    "best_loss": Job.best_loss,
+    "final_train_loss": Job.final_train_loss,
+    "final_val_loss": Job.final_val_loss,
+    "final_val_accuracy": Job.final_val_accuracy,
+    "epochs_done": Job.epochs_done,
+}
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    statuses: Sequence[str] = ()
+    sweep_id: int | None = None
+    optimizer: str | None = None
+    tag: str | None = None
+
+
+def list_jobs(
+    session: Session, flt: JobFilter, *, sort: str = "-created_at", limit: int = 50, cursor: str | None = None
+) -> tuple[list[Job], str | None]:
+    """One page of jobs and the cursor of the next page (None on the last page).
+
+    Keyset pagination on (sort column, id): stable while jobs are added, with NULL summary
+    values (jobs without epochs yet) last in either direction.
+    """
+    descending = sort.startswith("-")
+    key = sort.lstrip("-+")
+    if key not in SORTABLE:
+        raise InvalidRequest(f"sort: unknown key {key!r}; use one of {sorted(SORTABLE)}, '-' prefix for descending")
+    column = SORTABLE[key]
+    query = select(Job)
+    if flt.statuses:
+        query = query.where(Job.status.in_(list(flt.statuses)))
+    if flt.sweep_id is not None:
+        query = query.where(Job.sweep_id == flt.sweep_id)
+    if flt.optimizer is not None:
+        query = query.where(Job.optimizer == flt.optimizer)
+    if flt.tag is not None:
+        query = query.where(exists().where(JobTag.job_id == Job.id, JobTag.tag == flt.tag))
+    if cursor is not None:
+        query = query.where(_after(column, descending, *_decode_cursor(cursor, key)))
+    order = [column.is_(None), column.desc() if descending else column.asc(), Job.id.desc() if descending else Job.id]
+    jobs = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    jobs = jobs[:limit]
+    last = jobs[-1]
+    return jobs, _encode_cursor(key, getattr(last, key), last.id)
+
+
+def _after(column: Any, descending: bool, value: Any, last_id: int) -> ColumnElement[bool]:
+    if value is None:  # already among the NULLs, which come last
+        return and_(column.is_(None), Job.id < last_id if descending else Job.id > last_id)
+    beyond = column < value if descending else column > value
+    tie = and_(column == value, Job.id < last_id if descending else Job.id > last_id)
+    return or_(beyond, tie, column.is_(None))
+
+
+def _encode_cursor(key: str, value: Any, last_id: int) -> str:
+    if isinstance(value, dt.datetime):
+        value = value.isoformat()
+    raw = json.dumps({"k": key, "v": value, "id": last_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, key: str) -> tuple[Any, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value, last_id = data["v"], int(data["id"])
+        if data["k"] != key:
+            raise ValueError("sort changed")
+        if key == "created_at":
+            value = dt.datetime.fromisoformat(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"cursor: not a cursor from a page sorted by {key!r}") from exc
+    return value, last_id
+
+
+# --- cancellation ----------------------------------------------------------------------------
+
+
+def request_cancel(session: Session, job_id: int) -> Job:
+    """Cancel a queued job outright, or flag a running one to stop at its next epoch boundary."""
+    now = utcnow()
+    queued = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=now)
+    )
+    if queued.rowcount == 0:  # type: ignore[attr-defined]
+        running = session.execute(
+            update(Job).where(Job.id == job_id, Job.status == JobStatus.running).values(cancel_requested=True)
+        )
+        if running.rowcount == 0:  # type: ignore[attr-defined]
+            job = get_job(session, job_id)
+            raise IllegalTransition(f"Job {job_id} is {job.status}; only queued or running jobs can be cancelled")
+    session.expire_all()
+    return get_job(session, job_id)
+
+
+def cancel_requested(session: Session, job_id: int) -> bool:
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+# --- the worker's side -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: int
+    attempt: int
+    spec: dict[str, Any]
+    epochs_done: int
+
+
+def claim(session: Session, job_id: int, *, worker: str, stale_after_s: float) -> Claim | None:
+    """Move a job to ``running`` for this worker, or return None when it is not ours to run.
+
+    A queued job is claimed; so is a running one whose heartbeat went stale (its worker died
+    and the broker redelivered). A finished job, a cancelled one, or one whose worker is alive
+    is left alone, which makes redelivered and duplicate tasks no-ops.
+    """
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=stale_after_s)
+    claimable = or_(
+        Job.status == JobStatus.queued,
+        and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)),
+    )
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, claimable)
+        .values(
+            status=JobStatus.running,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+        )
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        return None
+    row = session.execute(select(Job.attempt, Job.spec, Job.epochs_done).where(Job.id == job_id)).one()
+    return Claim(job_id, row.attempt, row.spec, row.epochs_done)
+
+
+def _owned(job_id: int, attempt: int) -> ColumnElement[bool]:
+    return and_(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
+
+
+def set_device(session: Session, job_id: int, attempt: int, device: str) -> None:
+    session.execute(update(Job).where(_owned(job_id, attempt)).values(device=device))
+
+
+def heartbeat(session: Session, job_id: int, attempt: int) -> bool:
+    """Refresh the heartbeat; False when the job is no longer this attempt's (requeued, cancelled)."""
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(heartbeat_at=utcnow()))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def record_epoch(session: Session, job_id: int, attempt: int, metrics: Mapping[str, Any]) -> bool:
+    """Upsert one epoch's row and refresh the job's summary and heartbeat in one transaction.
+
+    Returns False (and writes nothing) when this attempt no longer owns the job.
+    """
+    now = utcnow()
+    epoch = int(metrics["epoch"])
+    values = {name: _finite(metrics.get(name)) for name in METRIC_COLUMNS}
+    monitored = values["val_loss"] if metrics.get("val_loss") is not None else values["train_loss"]
+    summary: dict[str, Any] = {
+        "heartbeat_at": now,
+        "epochs_done": epoch,
+        "final_train_loss": values["train_loss"],
+        "final_val_loss": values["val_loss"],
+        "final_val_accuracy": values["val_accuracy"],
+    }
+    if monitored is not None:  # both CASEs read the row's old best_loss
+        improves = or_(Job.best_loss.is_(None), Job.best_loss > monitored)
+        summary["best_loss"] = case((improves, monitored), else_=Job.best_loss)
+        summary["best_epoch"] = case((improves, epoch), else_=Job.best_epoch)
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**summary))
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        return False
+    row = {"job_id": job_id, "epoch": epoch, "recorded_at": now, **values}
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = insert(EpochMetric).values(row)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["job_id", "epoch"],
+            set_={name: statement.excluded[name] for name in (*METRIC_COLUMNS, "recorded_at")},
+        )
+    )
+    return True
+
+
+def finish(
+    session: Session,
+    job_id: int,
+    attempt: int,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    environment: Mapping[str, Any] | None = None,
+    diverged_epoch: int | None = None,
+    resumed_from_epoch: int | None = None,
+) -> bool:
+    """Move a running job to a terminal status; False when this attempt no longer owns it."""
+    assert status in TERMINAL
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "error": error}
+    if environment is not None:
+        values["environment"] = dict(environment)
+    if diverged_epoch is not None:
+        values["diverged_epoch"] = diverged_epoch
+    if resumed_from_epoch is not None:
+        values["resumed_from_epoch"] = resumed_from_epoch
+    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def epoch_metrics(session: Session, job_id: int, since_epoch: int = 0) -> list[EpochMetric]:
+    return list(
+        session.scalars(
+            select(EpochMetric)
+            .where(EpochMetric.job_id == job_id, EpochMetric.epoch > since_epoch)
+            .order_by(EpochMetric.epoch)
+        )
+    )
+
+
+# --- the reaper's side -----------------------------------------------------------------------
+
+
+def requeue_stale_running(session: Session, *, stale_after_s: float) -> list[tuple[int, str]]:
+    """Put running jobs whose worker stopped heartbeating back to queued; returns (id, queue)."""
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=stale_after_s)
+    candidates = session.execute(
+        select(Job.id, Job.queue, Job.attempt).where(Job.status == JobStatus.running, Job.heartbeat_at < stale)
+    ).all()
+    requeued = []
+    for job_id, queue, attempt in candidates:
+        result = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running, Job.heartbeat_at < stale)
+            .values(status=JobStatus.queued, enqueued_at=now, worker=None)
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            requeued.append((job_id, queue))
+    return requeued
+
+
+def requeue_stalled_queued(session: Session, *, after_s: float) -> list[tuple[int, str]]:
+    """Re-enqueue jobs queued for longer than ``after_s`` while no worker is busy.
+
+    With no live running job, an old queued job means its message was lost, not that it waits
+    behind others; requiring idleness keeps a long backlog from being enqueued again and again.
+    """
+    now = utcnow()
+    cutoff = now - dt.timedelta(seconds=after_s)
+    busy = session.scalar(
+        select(func.count()).where(Job.status == JobStatus.running, Job.heartbeat_at >= cutoff).select_from(Job)
+    )
+    if busy:
+        return []
+    rows = session.execute(
+        select(Job.id, Job.queue).where(Job.status == JobStatus.queued, Job.enqueued_at < cutoff).order_by(Job.id)
+    ).all()
+    if rows:
+        session.execute(update(Job).where(Job.id.in_([r.id for r in rows])).values(enqueued_at=now))
+    return [(r.id, r.queue) for r in rows]
+
+
+def delete_job(session: Session, job_id: int) -> None:
+    """Remove a job that could not be enqueued (the broker was down), so a retry starts clean."""
+    session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.queued))
+
+
+def claim_unsent(session: Session) -> list[tuple[int, str]]:
+    """Queued jobs whose enqueue failed (``enqueued_at`` is NULL), stamped as sent now."""
+    rows = session.execute(
+        select(Job.id, Job.queue).where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None)).order_by(Job.id)
+    ).all()
+    if rows:
+        session.execute(
+            update(Job).where(Job.id.in_([r.id for r in rows]), Job.enqueued_at.is_(None)).values(enqueued_at=utcnow())
+        )
+    return [(r.id, r.queue) for r in rows]
+
+
+def mark_unsent(session: Session, job_id: int) -> None:
+    """Record that a queued job's message did not reach the broker, so the next pass sends it."""
+    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued).values(enqueued_at=None))

@@ -1,0 +1,179 @@
+"""SQLAlchemy models: sweeps, jobs (with summary columns for sorting) and one row per epoch."""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    diverged = "diverged"
+    cancelled = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.diverged, JobStatus.cancelled})
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timestamps stored as naive UTC on every backend and read back as aware UTC.
+
+    SQLite has no time zones; storing naive UTC everywhere keeps comparisons (heartbeat
+    staleness, cursors) identical on SQLite and PostgreSQL.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        return value.replace(tzinfo=dt.UTC) if value is not None else None
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSONType}
+
+
+class Sweep(Base):
+    """A set of jobs expanded from one template spec and a search definition."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    template: Mapped[dict[str, Any]]
+    search: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime]
+
+
+class Job(Base):
+    """One training run: its spec, where it is in its life, and a summary for fast sorting."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="status"),
+        Index("ix_jobs_status_created", "status", "created_at"),
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_sweep_status", "sweep_id", "status"),
+        Index("ix_jobs_optimizer", "optimizer"),
+        Index("ix_jobs_best_loss", "best_loss", "id"),
+        Index("ix_jobs_final_val_loss", "final_val_loss", "id"),
+        Index("ix_jobs_final_train_loss", "final_train_loss", "id"),
+        Index("ix_jobs_final_val_accuracy", "final_val_accuracy", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200))
+    spec: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    optimizer: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    environment: Mapped[dict[str, Any] | None]
+
+    created_at: Mapped[dt.datetime]
+    enqueued_at: Mapped[dt.datetime | None]
+    started_at: Mapped[dt.datetime | None]
+    heartbeat_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    # Summary, updated with every epoch so lists sort without touching epoch_metrics.
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    final_train_loss: Mapped[float | None] = mapped_column(Float)
+    final_val_loss: Mapped[float | None] = mapped_column(Float)
+    final_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    best_loss: Mapped[float | None] = mapped_column(Float)
+    best_epoch: Mapped[int | None] = mapped_column(Integer)
+    diverged_epoch: Mapped[int | None] = mapped_column(Integer)
+    resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
+
+    tags: Mapped[list[JobTag]] = relationship(
+        back_populates="job", cascade="all, delete-orphan", lazy="selectin", order_by="JobTag.tag"
+    )
+
+
+class JobTag(Base):
+    __tablename__ = "job_tags"
+    __table_args__ = (Index("ix_job_tags_tag_job", "tag", "job_id"),)
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job: Mapped[Job] = relationship(back_populates="tags")
+
+
+class EpochMetric(Base):
+    """One row per (job, epoch); written by upsert so a redelivered task never duplicates an epoch.
+
+    Non-finite values (a diverged run's NaN/inf losses) are stored as NULL: SQLite cannot store
+    NaN, JSON cannot carry either, and NULL keeps SQL aggregates from turning into NaN. The job's
+    ``diverged`` status and ``diverged_epoch`` say what happened.
+    """
+
+    __tablename__ = "epoch_metrics"
+
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_loss: Mapped[float | None] = mapped_column(Float)
+    val_loss: Mapped[float | None] = mapped_column(Float)
+    val_accuracy: Mapped[float | None] = mapped_column(Float)
+    lr: Mapped[float | None] = mapped_column(Float)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    epoch_seconds: Mapped[float | None] = mapped_column(Float)
+    samples_per_second: Mapped[float | None] = mapped_column(Float)
+    recorded_at: Mapped[dt.datetime]
+
+
+METRIC_COLUMNS = (
+    "train_loss",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "grad_norm",
+    "epoch_seconds",
+    "samples_per_second",
+)

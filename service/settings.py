@@ -1,0 +1,97 @@
+"""The service's settings: one ``OPTIMLAB_*`` environment for the API, the workers and the engine."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
+
+from optim_engine.settings import EngineSettings
+
+
+class Settings(EngineSettings):
+    """Everything configurable, with embedded defaults: with nothing set, the service keeps a
+    SQLite database and a filesystem broker under ``home`` and needs no server."""
+
+    home: Path = Field(default=Path(".optimlab"), description="Embedded state: database, broker folders, checkpoints.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://u:p@host/db (default: SQLite in home)."
+    )
+    broker_url: str | None = Field(
+        default=None, description="Celery broker, e.g. redis://host:6379/0 (default: a filesystem broker in home)."
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys; when set, every route but health needs one."
+    )
+    checkpoint_dir: Path | None = Field(default=None, description="Per-job checkpoints (default: home/checkpoints).")
+    keep_checkpoints: bool = Field(
+        default=False, description="Keep a finished job's checkpoint instead of deleting it."
+    )
+    auto_device_queue: Literal["cpu", "gpu"] = Field(
+        default="cpu", description="Queue for specs with device 'auto' (compose on GPU hosts sets gpu)."
+    )
+
+    # Resource caps: a spec over a cap is a 422 naming the field.
+    max_epochs: int = Field(default=10_000, ge=1)
+    max_batch_size: int = Field(default=65_536, ge=1)
+    max_samples: int = Field(default=5_000_000, ge=1, description="Cap on a synthetic dataset's n_samples.")
+    max_model_width: int = Field(default=16_384, ge=1, description="Cap on an MLP's width / a CNN's channels.")
+
+    # Reliability: the database is the record, the broker only delivers.
+    heartbeat_interval_s: float = Field(
+        default=10.0, gt=0, description="How often a running job proves its worker lives."
+    )
+    stale_after_s: float = Field(
+        default=60.0, gt=0, description="A running job whose heartbeat is older than this is requeued and resumes."
+    )
+    requeue_queued_after_s: float = Field(
+        default=0.0,
+        ge=0,
+        description=(
+            "Re-enqueue jobs still queued after this long while no worker is busy (0: off). The embedded "
+            "brokers lose a message whose consumer is killed; Redis keeps them, so deployments leave it off."
+        ),
+    )
+    reaper_interval_s: float = Field(default=5.0, ge=0, description="How often the API checks for stale jobs (0: off).")
+    visibility_timeout_s: int = Field(
+        default=3600,
+        ge=1,
+        description=(
+            "Redis redelivers an unacknowledged task after this long. Recovery from a dead worker comes from "
+            "the heartbeat (stale_after_s); this is the backstop, and a duplicate delivery of a live job is a no-op."
+        ),
+    )
+    unacked_restore_interval_s: float = Field(default=10.0, gt=0, description="How often kombu sweeps unacked tasks.")
+    broker_polling_interval_s: float = Field(default=0.1, gt=0, description="Poll interval of the embedded broker.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no broker URL is configured: the filesystem broker under ``home`` is used."""
+        return self.broker_url is None
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'optimlab.db').resolve()}"
+
+    def resolved_checkpoint_dir(self) -> Path:
+        return self.checkpoint_dir if self.checkpoint_dir is not None else self.home / "checkpoints"
+
+    def broker_folder(self) -> Path:
+        return (self.home / "broker").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

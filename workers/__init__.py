@@ -1,0 +1,1 @@
+"""Celery workers: the app, the ``workers.run_job`` task and GPU assignment."""
