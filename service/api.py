@@ -159,7 +159,7 @@ def _routes(settings: Settings) -> Any:
             session,
             spec=spec_json,
             spec_hash=body.spec.spec_hash(),
-            optimizer=variant_names(body.spec.optimizer)[0],
+            optimizer=variant_names(type(body.spec.optimizer))[0],
             queue=broker.queue_for(body.spec.device, settings),
             tags=body.tags,
             name=body.name,

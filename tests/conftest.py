@@ -53,3 +53,71 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     get_settings.cache_clear()
     yield root
     get_settings.cache_clear()
+
+
+# --- the service's backends --------------------------------------------------------------------
+
+SERVICE_ENV = (
+    "OPTIMLAB_HOME",
+    "OPTIMLAB_DATABASE_URL",
+    "OPTIMLAB_BROKER_URL",
+    "OPTIMLAB_API_KEYS",
+    "OPTIMLAB_REQUEUE_QUEUED_AFTER_S",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_service_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tests never inherit a developer's OPTIMLAB_* service settings."""
+    from service.settings import get_settings as service_settings
+
+    for name in SERVICE_ENV:
+        monkeypatch.delenv(name, raising=False)
+    service_settings.cache_clear()
+    yield
+    service_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    from tests.servers import postgres_server
+
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    from tests.servers import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A freshly migrated database on each backend: one contract suite, two databases."""
+    from service.db.migrate import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'optimlab.db'}"
+    else:
+        server = request.getfixturevalue("postgres")
+        url = server.url(server.create_database())
+    upgrade(url)
+    return url
+
+
+def service_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Any:
+    """Settings for a test service: its own home (embedded broker, checkpoints), no reaper thread."""
+    from service.settings import Settings
+
+    values: dict[str, Any] = {
+        "home": tmp_path / "home",
+        "database_url": database_url,
+        "reaper_interval_s": 0,
+        "heartbeat_interval_s": 0.2,
+        "stale_after_s": 60,
+    }
+    values.update(overrides)
+    return Settings(**values)

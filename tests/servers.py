@@ -1,0 +1,117 @@
+"""Real PostgreSQL and Redis servers for the tests, started from the installed binaries.
+
+Without a server binary the tests that need it are skipped, except under CI=true, where a
+missing server fails the run (CI installs them; see .ci/servers.sh).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _missing(what: str) -> None:
+    message = f"{what} is not installed (CI installs it with .ci/servers.sh)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def _pg_bindir() -> Path | None:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    if shutil.which("initdb"):
+        candidates.insert(0, str(shutil.which("initdb")))
+    return Path(candidates[0]).parent if candidates else None
+
+
+@dataclass
+class Postgres:
+    host: str
+    port: int
+    user: str = "postgres"
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        import psycopg
+
+        name = f"t_{os.getpid()}_{time.monotonic_ns()}"
+        with psycopg.connect(host=self.host, port=self.port, user=self.user, dbname="postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        _missing("PostgreSQL (initdb)")
+    assert bindir is not None
+    root = Path(tempfile.mkdtemp(prefix="optimlab-pg-"))
+    root.chmod(0o755)
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(root, "postgres")
+    data = root / "data"
+    subprocess.run(
+        [*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off"
+    options += " -c full_page_writes=off -c max_connections=200"
+    pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w"]
+    subprocess.run([*pg_ctl, "start", "-o", options], check=True, capture_output=True)
+    try:
+        yield Postgres("127.0.0.1", port)
+    finally:
+        subprocess.run([*pg_ctl, "stop", "-m", "immediate"], check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _missing("redis-server")
+    assert binary is not None
+    root = Path(tempfile.mkdtemp(prefix="optimlab-redis-"))
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,349 @@
+"""The REST API's contract, run on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.api import create_app
+from service.db.models import EpochMetric, Job, JobStatus
+from service.db.session import make_engine, make_session_factory
+from tests.conftest import digits_spec, seed_spec, service_settings
+from tests.factories import advance, job_body
+from tests.servers import free_port
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def client(tmp_path: Path, database_url: str) -> Iterator[TestClient]:
+    with TestClient(create_app(service_settings(tmp_path, database_url))) as test_client:
+        yield test_client
+
+
+def job_count(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(Job)) or 0)
+
+
+def queued_messages(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "home" / "broker" / "queue").glob("*.msg"))
+
+
+# --- create ------------------------------------------------------------------------------------
+
+
+def test_post_job_creates_a_queued_job_and_enqueues_it(client: TestClient, tmp_path: Path) -> None:
+    response = client.post("/v1/jobs", json=job_body(tags=["seed", "sgd"], name="seed sgd"))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued"
+    assert job["optimizer"] == "sgd"
+    assert job["queue"] == "cpu"
+    assert job["tags"] == ["seed", "sgd"]
+    assert job["spec"]["optimizer"]["lr"] == 0.01
+    assert job["summary"]["epochs_total"] == 3
+    assert len(queued_messages(tmp_path)) == 1
+    assert client.get(f"/v1/jobs/{job['id']}").json()["spec_hash"] == job["spec_hash"]
+
+
+def test_cuda_specs_go_to_the_gpu_queue(client: TestClient) -> None:
+    job = client.post("/v1/jobs", json=job_body(seed_spec({"name": "adam"}, device="cuda:0"))).json()
+    assert job["queue"] == "gpu"
+
+
+@pytest.mark.parametrize(
+    ("spec_change", "field"),
+    [
+        ({"optimizer": {"name": "sgdd", "lr": 0.1}}, "spec.optimizer"),
+        ({"optimizer": {"name": "sgd", "lr": -1.0}}, "spec.optimizer.sgd.lr"),
+        ({"optimizer": {"name": "adam", "params": {"betas": [0.9, 1.5]}}}, "spec.optimizer.adam.params.betas.1"),
+        ({"optimizer": {"name": "sgd", "params": {"momentum": "0.9"}}}, "spec.optimizer.sgd.params.momentum"),
+        ({"loss": "cross_entropy"}, "spec.loss"),
+        ({"epochs": 0}, "spec.epochs"),
+        ({"epochs": 20_000}, "spec.epochs"),
+        ({"learning_rate": 0.1}, "spec.learning_rate"),
+        ({"device": "tpu"}, "spec.device"),
+        ({"dataset": {"name": "npz", "params": {"path": "../../etc/passwd.npz"}}}, "spec.dataset"),
+    ],
+)
+def test_invalid_specs_are_422_naming_the_field(
+    client: TestClient, sessions: sessionmaker[Session], spec_change: dict[str, Any], field: str
+) -> None:
+    spec = seed_spec({"name": "sgd", "lr": 0.01}) | spec_change
+    response = client.post("/v1/jobs", json=job_body(spec))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["error"] == "invalid_request"
+    fields = [d["field"] for d in body["detail"]]
+    assert any(f == field or f.startswith(field + ".") for f in fields), fields
+    assert job_count(sessions) == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "spec"),
+        ({"spec": seed_spec({"name": "sgd"}), "tags": ["has space"]}, "tags.0"),
+        ({"spec": seed_spec({"name": "sgd"}), "owner": "me"}, "owner"),
+        ([1, 2], ""),
+    ],
+)
+def test_malformed_bodies_are_422(client: TestClient, payload: Any, field: str) -> None:
+    response = client.post("/v1/jobs", json=payload)
+    assert response.status_code == 422
+    assert any(d["field"] == field for d in response.json()["detail"])
+
+
+def test_a_body_that_is_not_json_is_422(client: TestClient) -> None:
+    response = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"] == "invalid_request"
+
+
+def test_resource_caps_are_server_settings(tmp_path: Path, database_url: str) -> None:
+    settings = service_settings(tmp_path, database_url, max_epochs=5, max_model_width=16)
+    with TestClient(create_app(settings)) as capped:
+        assert capped.post("/v1/jobs", json=job_body(seed_spec({"name": "sgd"}, epochs=6))).status_code == 422
+        wide = capped.post("/v1/jobs", json=job_body(digits_spec({"name": "sgd"})))
+        assert wide.status_code == 422
+        assert wide.json()["detail"][0]["field"] == "spec.model.params"
+        assert capped.post("/v1/jobs", json=job_body(seed_spec({"name": "sgd"}, epochs=5))).status_code == 201
+
+
+def test_idempotent_retry_returns_the_first_job(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    headers = {"Idempotency-Key": "retry-1"}
+    first = client.post("/v1/jobs", json=job_body(), headers=headers)
+    again = client.post("/v1/jobs", json=job_body(), headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert job_count(sessions) == 1
+    other = client.post("/v1/jobs", json=job_body(seed_spec({"name": "adam"})), headers=headers)
+    assert other.status_code == 409
+    assert other.json()["error"] == "idempotency_conflict"
+    assert job_count(sessions) == 1
+
+
+# --- read ----------------------------------------------------------------------------------------
+
+
+def test_unknown_ids_are_404(client: TestClient) -> None:
+    for method, path in [("GET", "/v1/jobs/999"), ("GET", "/v1/jobs/999/metrics"), ("POST", "/v1/jobs/999/cancel")]:
+        response = client.request(method, path)
+        assert response.status_code == 404, path
+        assert response.json() == {"error": "job_not_found", "detail": "No job with id 999"}
+    assert client.get("/v1/jobs/not-a-number").status_code == 422
+    assert client.get("/v1/nothing-here").status_code == 404
+
+
+def test_metrics_json_csv_and_since_epoch(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    job_id = client.post("/v1/jobs", json=job_body()).json()["id"]
+    advance(sessions, job_id, losses=[3.0, 2.0, float("nan")], status=JobStatus.diverged)
+    body = client.get(f"/v1/jobs/{job_id}/metrics").json()
+    assert body["status"] == "diverged"
+    assert [row["epoch"] for row in body["rows"]] == [1, 2, 3]
+    assert body["rows"][1]["train_loss"] == 2.0
+    assert body["rows"][2]["train_loss"] is None  # NaN is stored and served as null
+    newer = client.get(f"/v1/jobs/{job_id}/metrics", params={"since_epoch": 1}).json()
+    assert [row["epoch"] for row in newer["rows"]] == [2, 3]
+    text = client.get(f"/v1/jobs/{job_id}/metrics", params={"format": "csv"})
+    assert text.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(text.text)))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert float(rows[0]["train_loss"]) == 3.0
+    assert rows[2]["train_loss"] == ""
+    assert client.get(f"/v1/jobs/{job_id}/metrics", params={"format": "xml"}).status_code == 422
+    summary = client.get(f"/v1/jobs/{job_id}").json()["summary"]
+    assert summary["epochs_done"] == 3
+    assert summary["best_loss"] == pytest.approx(2.2)
+    assert summary["best_epoch"] == 2
+
+
+def test_list_filters(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    sgd = client.post("/v1/jobs", json=job_body(tags=["a"])).json()["id"]
+    adam = client.post("/v1/jobs", json=job_body(seed_spec({"name": "adam"}), tags=["a", "b"])).json()["id"]
+    advance(sessions, adam, losses=[1.0], status=JobStatus.succeeded)
+
+    def ids(**params: Any) -> list[int]:
+        response = client.get("/v1/jobs", params=params)
+        assert response.status_code == 200, response.text
+        return [job["id"] for job in response.json()["items"]]
+
+    assert ids() == [adam, sgd]  # newest first
+    assert ids(status="queued") == [sgd]
+    assert sorted(ids(status=["queued", "succeeded"])) == sorted([sgd, adam])
+    assert ids(optimizer="adam") == [adam]
+    assert ids(tag="b") == [adam]
+    assert sorted(ids(tag="a")) == sorted([sgd, adam])
+    assert ids(sweep_id=1) == []
+    assert client.get("/v1/jobs", params={"status": "done"}).status_code == 422
+    assert client.get("/v1/jobs", params={"sort": "colour"}).status_code == 422
+    assert client.get("/v1/jobs", params={"cursor": "garbage"}).status_code == 422
+    assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
+
+
+@pytest.mark.parametrize("sort", ["best_loss", "-best_loss", "-created_at", "created_at", "final_val_loss"])
+def test_cursor_pages_cover_every_job_once_in_order(
+    client: TestClient, sessions: sessionmaker[Session], sort: str
+) -> None:
+    losses = [5.0, 1.0, 3.0, 1.0, None, 2.0, None, 4.0]  # ties and jobs without a summary
+    created = []
+    for loss in losses:
+        job_id = client.post("/v1/jobs", json=job_body()).json()["id"]
+        if loss is not None:
+            advance(sessions, job_id, losses=[loss], status=JobStatus.succeeded)
+        created.append(job_id)
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"sort": sort, "limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/jobs", params=params).json()
+        seen += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(job["id"] for job in seen) == sorted(created)
+    key = sort.lstrip("-")
+    values = [job["summary"].get(key, job.get(key)) if key != "created_at" else job["created_at"] for job in seen]
+    present = [v for v in values if v is not None]
+    assert values[: len(present)] == present, "jobs without a value come last"
+    assert present == sorted(present, reverse=sort.startswith("-"))
+
+
+# --- cancel ----------------------------------------------------------------------------------------
+
+
+def test_cancel_queued_and_running_and_409_when_finished(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    queued = client.post("/v1/jobs", json=job_body()).json()["id"]
+    cancelled = client.post(f"/v1/jobs/{queued}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/v1/jobs/{queued}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"] == "illegal_transition"
+
+    running = client.post("/v1/jobs", json=job_body()).json()["id"]
+    advance(sessions, running, losses=[1.0])
+    flagged = client.post(f"/v1/jobs/{running}/cancel").json()
+    assert (flagged["status"], flagged["cancel_requested"]) == ("running", True)
+
+    done = client.post("/v1/jobs", json=job_body()).json()["id"]
+    advance(sessions, done, losses=[1.0], status=JobStatus.succeeded)
+    assert client.post(f"/v1/jobs/{done}/cancel").status_code == 409
+    assert client.get(f"/v1/jobs/{done}").json()["status"] == "succeeded"
+
+
+# --- auth, health, outages -----------------------------------------------------------------------
+
+
+def test_api_keys(tmp_path: Path, database_url: str) -> None:
+    settings = service_settings(tmp_path, database_url, api_keys=["k1", "k2"])
+    with TestClient(create_app(settings)) as keyed:
+        assert keyed.get("/healthz").status_code == 200
+        missing = keyed.get("/v1/jobs")
+        assert missing.status_code == 401
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["error"] == "unauthorized"
+        assert keyed.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert keyed.get("/v1/jobs", headers={"Authorization": "Basic k1"}).status_code == 401
+        assert keyed.post("/v1/jobs", json=job_body(), headers={"Authorization": "Bearer k2"}).status_code == 201
+        assert keyed.post("/v1/jobs", json=job_body()).status_code == 401
+
+
+def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.settings import Settings
+
+    monkeypatch.setenv("OPTIMLAB_API_KEYS", "alpha, beta,")
+    assert Settings().api_keys == ["alpha", "beta"]
+
+
+def test_health_ready_catalog_and_docs(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["database"] == "ok"
+    catalog = client.get("/v1/catalog").json()
+    sgd = next(entry for entry in catalog["optimizers"] if entry["name"] == "sgd")
+    assert "momentum" in sgd["params_schema"]["properties"]
+    assert {"models", "datasets", "losses", "optimizers", "schedulers"} <= set(catalog)
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "/v1/jobs" in schema["paths"]
+
+
+def test_database_down_is_503(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere"
+    with TestClient(create_app(service_settings(tmp_path, url))) as down:
+        for method, path in [("GET", "/v1/jobs"), ("GET", "/v1/jobs/1"), ("POST", "/v1/jobs")]:
+            response = down.request(method, path, json=job_body() if method == "POST" else None)
+            assert response.status_code == 503, (path, response.text)
+            assert response.json()["error"] == "database_unavailable"
+        ready = down.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["detail"]["database"].startswith("unreachable")
+
+
+def test_broker_down_is_503_and_creates_nothing(
+    tmp_path: Path, database_url: str, sessions: sessionmaker[Session]
+) -> None:
+    settings = service_settings(tmp_path, database_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    with TestClient(create_app(settings)) as down:
+        response = down.post("/v1/jobs", json=job_body())
+        assert response.status_code == 503
+        assert response.json()["error"] == "unavailable"
+        ready = down.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["detail"] == {"database": "ok", "broker": "unreachable"}
+    assert job_count(sessions) == 0
+
+
+def test_no_epoch_row_is_written_for_a_job_the_attempt_does_not_own(sessions: sessionmaker[Session]) -> None:
+    from service.db import jobs as job_ops
+    from tests.factories import epoch_row
+
+    with sessions() as session, session.begin():
+        job, _ = job_ops.create_job(
+            session, spec=seed_spec({"name": "sgd"}), spec_hash="h", optimizer="sgd", queue="cpu"
+        )
+        job_id = job.id
+    advance(sessions, job_id, losses=[1.0])
+    with sessions() as session, session.begin():
+        assert not job_ops.record_epoch(session, job_id, attempt=7, metrics=epoch_row(2, 0.5))
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(EpochMetric)) == 1
+
+
+def test_the_api_process_never_imports_torch() -> None:
+    code = (
+        "import sys\n"
+        "from fastapi.testclient import TestClient\n"
+        "from service.api import create_app\n"
+        "from service.settings import Settings\n"
+        "import tempfile, pathlib\n"
+        "home = pathlib.Path(tempfile.mkdtemp())\n"
+        "from service.db.migrate import upgrade\n"
+        "url = f'sqlite:///{home}/db.sqlite'\n"
+        "upgrade(url)\n"
+        "with TestClient(create_app(Settings(home=home, database_url=url))) as c:\n"
+        "    assert c.get('/v1/catalog').status_code == 200\n"
+        "    assert c.post('/v1/jobs', json={'spec': {'optimizer': {'name': 'adam'}}}).status_code == 201\n"
+        "import service.cli, service.broker\n"
+        "print('torch' in sys.modules, 'sklearn' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,286 @@
+"""The worker's task body, ``execute_job``, against a real database (SQLite and PostgreSQL):
+the same code Celery runs, called directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import jobs as job_ops
+from service.db.models import EpochMetric, Job, JobStatus
+from service.db.session import make_engine, make_session_factory
+from service.settings import Settings
+from tests.conftest import digits_spec, seed_spec, service_settings
+from workers import tasks
+from workers.app import child_gpu
+from workers.tasks import execute_job
+
+
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return service_settings(tmp_path, database_url)
+
+
+def create(sessions: sessionmaker[Session], spec: dict[str, Any]) -> int:
+    from optim_engine import JobSpec
+
+    parsed = JobSpec.model_validate(spec)
+    with sessions() as session, session.begin():
+        job, _ = job_ops.create_job(
+            session, spec=parsed.model_dump(mode="json"), spec_hash=parsed.spec_hash(), optimizer="x", queue="cpu"
+        )
+        return job.id
+
+
+def load(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, list[EpochMetric]]:
+    with sessions() as session:
+        return session.get_one(Job, job_id), job_ops.epoch_metrics(session, job_id)
+
+
+def test_a_job_runs_to_succeeded_with_one_row_per_epoch(sessions: sessionmaker[Session], settings: Settings) -> None:
+    job_id = create(sessions, seed_spec({"name": "sgd", "lr": 0.01}, epochs=4))
+    assert execute_job(job_id, sessions, settings) == "succeeded"
+    job, rows = load(sessions, job_id)
+    assert job.status == "succeeded"
+    assert (job.attempt, job.epochs_done, job.device) == (1, 4, "cpu")
+    assert [row.epoch for row in rows] == [1, 2, 3, 4]
+    assert job.final_train_loss == rows[-1].train_loss
+    assert job.best_loss == min(row.val_loss for row in rows if row.val_loss is not None)
+    assert job.environment is not None
+    assert job.environment["device"] == "cpu"
+    assert job.started_at is not None
+    assert job.finished_at is not None
+    assert not (settings.resolved_checkpoint_dir() / str(job_id)).exists()  # cleaned up when finished
+
+
+def test_redelivery_of_a_finished_job_changes_nothing(sessions: sessionmaker[Session], settings: Settings) -> None:
+    job_id = create(sessions, seed_spec({"name": "adam"}, epochs=2))
+    execute_job(job_id, sessions, settings)
+    before, rows_before = load(sessions, job_id)
+    assert execute_job(job_id, sessions, settings) == "skipped"
+    after, rows_after = load(sessions, job_id)
+    assert (after.status, after.attempt, after.finished_at, after.worker) == (
+        before.status,
+        before.attempt,
+        before.finished_at,
+        before.worker,
+    )
+    assert [(r.epoch, r.recorded_at) for r in rows_after] == [(r.epoch, r.recorded_at) for r in rows_before]
+
+
+def test_a_duplicate_delivery_while_the_owner_is_alive_is_skipped(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    job_id = create(sessions, seed_spec({"name": "sgd"}))
+    with sessions() as session, session.begin():
+        assert job_ops.claim(session, job_id, worker="other:1", stale_after_s=60) is not None
+    assert execute_job(job_id, sessions, settings) == "skipped"
+    job, rows = load(sessions, job_id)
+    assert (job.status, job.worker, rows) == ("running", "other:1", [])
+
+
+def test_a_cancelled_queued_job_never_runs(sessions: sessionmaker[Session], settings: Settings) -> None:
+    job_id = create(sessions, seed_spec({"name": "sgd"}))
+    with sessions() as session, session.begin():
+        job_ops.request_cancel(session, job_id)
+    assert execute_job(job_id, sessions, settings) == "skipped"
+    job, rows = load(sessions, job_id)
+    assert (job.status, job.attempt, job.started_at, rows) == ("cancelled", 0, None, [])
+
+
+def when_epochs_done(sessions: sessionmaker[Session], job_id: int, epochs: int, action: Any) -> threading.Thread:
+    """Run ``action(session)`` from another thread once the job has recorded ``epochs`` epochs."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with sessions() as session, session.begin():
+                if (session.get_one(Job, job_id).epochs_done or 0) >= epochs:
+                    action(session)
+                    return
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+SLOW = {"dataset": {"name": "synthetic_regression", "params": {"n_samples": 4096, "n_features": 10}}}
+
+
+def test_cancel_while_running_stops_at_the_next_epoch_boundary(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=300, **SLOW))
+    watcher = when_epochs_done(sessions, job_id, 3, lambda s: job_ops.request_cancel(s, job_id))
+    assert execute_job(job_id, sessions, settings) == "cancelled"
+    watcher.join()
+    job, rows = load(sessions, job_id)
+    assert job.status == "cancelled"
+    assert 3 <= len(rows) < 300
+    assert [row.epoch for row in rows] == list(range(1, len(rows) + 1))
+    assert job.epochs_done == len(rows)
+
+
+def test_a_training_error_fails_the_job_with_its_message(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optim_engine
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("CUDA error: out of memory")
+
+    monkeypatch.setattr(optim_engine, "train", broken)
+    job_id = create(sessions, seed_spec({"name": "sgd"}))
+    assert execute_job(job_id, sessions, settings) == "failed"
+    job, _ = load(sessions, job_id)
+    assert (job.status, job.error) == ("failed", "RuntimeError: CUDA error: out of memory")
+
+
+def test_a_spec_whose_data_vanished_fails_cleanly(
+    sessions: sessionmaker[Session], settings: Settings, data_root: Path
+) -> None:
+    import numpy as np
+
+    np.savez(data_root / "d.npz", x=np.zeros((8, 3), np.float32), y=np.linspace(0.1, 0.9, 8, dtype=np.float32))
+    spec = seed_spec(
+        {"name": "sgd"},
+        dataset={"name": "npz", "params": {"path": "d.npz", "task": "regression"}},
+        model={"name": "linear"},
+    )
+    job_id = create(sessions, spec)
+    (data_root / "d.npz").unlink()
+    assert execute_job(job_id, sessions, settings) == "failed"
+    job, _ = load(sessions, job_id)
+    assert job.error is not None
+    assert job.error.startswith("spec:")
+    assert "d.npz" in job.error
+
+
+def test_divergence_is_a_result(sessions: sessionmaker[Session], settings: Settings) -> None:
+    job_id = create(sessions, seed_spec({"name": "sgd", "lr": 10.0}, epochs=6))
+    assert execute_job(job_id, sessions, settings) == "diverged"
+    job, rows = load(sessions, job_id)
+    assert job.diverged_epoch == rows[-1].epoch
+    assert len(rows) == job.diverged_epoch
+
+
+def test_a_crashed_attempt_resumes_from_its_checkpoint(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that dies after epoch 3's checkpoint: the next attempt starts at epoch 4 and the
+    table ends with each epoch exactly once, equal to an uninterrupted run."""
+    spec = digits_spec({"name": "adam", "lr": 0.01}, epochs=6)
+    reference_id = create(sessions, spec)
+    execute_job(reference_id, sessions, settings)
+    _, reference = load(sessions, reference_id)
+
+    job_id = create(sessions, spec)
+    record = job_ops.record_epoch
+
+    def dies_in_epoch_4(session: Session, job: int, attempt: int, metrics: Any) -> bool:
+        if metrics["epoch"] == 4:
+            raise SystemExit("worker killed")  # not an Exception: nothing is written, like SIGKILL
+        return record(session, job, attempt, metrics)
+
+    monkeypatch.setattr(job_ops, "record_epoch", dies_in_epoch_4)
+    with pytest.raises(SystemExit):
+        execute_job(job_id, sessions, settings)
+    monkeypatch.setattr(job_ops, "record_epoch", record)
+    job, rows = load(sessions, job_id)
+    assert (job.status, [r.epoch for r in rows]) == ("running", [1, 2, 3])
+
+    # Its heartbeat goes stale; the redelivered task claims it again.
+    with sessions() as session, session.begin():
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=dt.datetime(2000, 1, 1)))
+    assert execute_job(job_id, sessions, settings) == "succeeded"
+    job, rows = load(sessions, job_id)
+    assert (job.attempt, job.resumed_from_epoch) == (2, 3)
+    assert [r.epoch for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r.train_loss for r in rows] == pytest.approx([r.train_loss for r in reference], rel=1e-6)
+
+
+def test_an_attempt_that_lost_its_job_writes_nothing_more(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """The reaper requeued the job (this worker looked dead) and another attempt took it: this
+    attempt stops at the next epoch and leaves the new owner's rows alone."""
+    job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=300, **SLOW))
+
+    def taken_over(session: Session) -> None:
+        session.execute(update(Job).where(Job.id == job_id).values(attempt=Job.attempt + 1, worker="new:1"))
+
+    watcher = when_epochs_done(sessions, job_id, 2, taken_over)
+    assert execute_job(job_id, sessions, settings) == "lost"
+    watcher.join()
+    job, rows = load(sessions, job_id)
+    assert (job.status, job.worker, job.attempt) == ("running", "new:1", 2)
+    assert 2 <= len(rows) < 300
+    assert job.epochs_done == len(rows)  # nothing written after the takeover
+
+
+def test_reaper_requeues_stale_running_and_resends_unsent(sessions: sessionmaker[Session], settings: Settings) -> None:
+    from service import broker
+    from service.reaper import Reaper
+
+    stale = create(sessions, seed_spec({"name": "sgd"}))
+    fresh = create(sessions, seed_spec({"name": "sgd"}))
+    unsent = create(sessions, seed_spec({"name": "sgd"}))
+    with sessions() as session, session.begin():
+        for job_id in (stale, fresh):
+            job_ops.claim(session, job_id, worker="w:1", stale_after_s=60)
+        session.execute(update(Job).where(Job.id == stale).values(heartbeat_at=dt.datetime(2000, 1, 1)))
+        job_ops.mark_unsent(session, unsent)
+    reaper = Reaper(sessions, broker.make_celery(settings), settings)
+    assert sorted(reaper.run_once()) == sorted([stale, unsent])
+    with sessions() as session:
+        statuses = dict(session.execute(select(Job.id, Job.status)).tuples().all())
+    assert statuses == {stale: "queued", fresh: "running", unsent: "queued"}
+    assert reaper.run_once() == []  # nothing is sent twice
+    messages = list((settings.broker_folder() / "queue").glob("*.msg"))
+    assert len(messages) == 2
+
+
+def test_stalled_queued_jobs_are_resent_only_when_no_worker_is_busy(
+    sessions: sessionmaker[Session], tmp_path: Path, database_url: str
+) -> None:
+    waiting = create(sessions, seed_spec({"name": "sgd"}))
+    busy = create(sessions, seed_spec({"name": "sgd"}))
+    old = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    with sessions() as session, session.begin():
+        session.execute(update(Job).values(enqueued_at=old))
+        job_ops.claim(session, busy, worker="w:1", stale_after_s=60)
+    with sessions() as session, session.begin():
+        assert job_ops.requeue_stalled_queued(session, after_s=30) == []  # a worker is busy: it is a backlog
+        job_ops.finish(session, busy, 1, JobStatus.succeeded)
+    with sessions() as session, session.begin():
+        assert job_ops.requeue_stalled_queued(session, after_s=30) == [(waiting, "cpu")]
+    with sessions() as session, session.begin():
+        assert job_ops.requeue_stalled_queued(session, after_s=30) == []
+
+
+def test_each_pool_child_owns_one_gpu() -> None:
+    assert [child_gpu(i, "2,3") for i in range(4)] == ["2", "3", "2", "3"]
+    assert child_gpu(0, None) is None
+    assert child_gpu(1, "") is None
+
+
+def test_cuda_ordinals_map_to_the_childs_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTIMLAB_WORKER_GPUS", "0,1")
+    assert tasks._pinned("cuda:1") == "cuda"
+    assert tasks._pinned("cpu") == "cpu"
+    monkeypatch.delenv("OPTIMLAB_WORKER_GPUS")
+    assert tasks._pinned("cuda:1") == "cuda:1"
