@@ -90,7 +90,7 @@ def enqueue(app: Celery, job_id: int, queue: str) -> None:
     app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
 
 
-def broker_reachable(app: Celery, timeout: float = 2.0) -> bool:
+def broker_reachable(app: Celery, timeout: int = 2) -> bool:
     try:
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)

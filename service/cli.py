@@ -57,7 +57,9 @@ def api(
 
 @app.command()
 def worker(
-    queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: gpu with GPUs, else cpu).")] = None,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues (default: gpu with GPUs, else cpu).")
+    ] = None,
     gpus: Annotated[str, typer.Option(help="'auto' (nvidia-smi), 'none', or GPU ids like '0,1'.")] = "auto",
     concurrency: Annotated[int | None, typer.Option(help="Processes (default: one per GPU, else 1).")] = None,
     name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
@@ -114,10 +116,17 @@ def up(
         f"optimlab: API on [bold]http://{host}:{port}[/] (docs at /docs), {workers} worker(s), "
         f"state in {settings.home.resolve()}"
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown; turn that into a normal exit so the
+    # workers are stopped below instead of orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
     finally:
         pool.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 class _WorkerPool:
@@ -133,7 +142,7 @@ class _WorkerPool:
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "service.cli", "worker", "--queues", "gpu,cpu", "--gpus", "none"]
         command += ["--name", f"embedded{index}@%h", "--log-level", self._log_level]
-        return subprocess.Popen(command, start_new_session=True)
+        return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: S603 (fixed argv)
 
     def start(self) -> None:
         self._procs = [self._spawn(i) for i in range(self._count)]
@@ -161,6 +170,15 @@ class _WorkerPool:
                 proc.wait()
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM if `optimlab up` itself is killed, so none is orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _detect_gpus(spec: str) -> list[str]:
     if spec == "none":
         return []
@@ -173,7 +191,7 @@ def _detect_gpus(spec: str) -> list[str]:
     if smi is None:
         return []
     try:
-        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+        listing = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout  # noqa: S603
     except (subprocess.SubprocessError, OSError):
         return []
     return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]

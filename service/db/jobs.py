@@ -137,7 +137,11 @@ def list_jobs(
         query = query.where(exists().where(JobTag.job_id == Job.id, JobTag.tag == flt.tag))
     if cursor is not None:
         query = query.where(_after(column, descending, *_decode_cursor(cursor, key)))
-    order = [column.is_(None), column.desc() if descending else column.asc(), Job.id.desc() if descending else Job.id]
+    order: list[Any] = [
+        column.is_(None),
+        column.desc() if descending else column.asc(),
+        Job.id.desc() if descending else Job.id,
+    ]
     jobs = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     if len(jobs) <= limit:
         return jobs, None

@@ -247,7 +247,7 @@ def test_reaper_requeues_stale_running_and_resends_unsent(sessions: sessionmaker
     reaper = Reaper(sessions, broker.make_celery(settings), settings)
     assert sorted(reaper.run_once()) == sorted([stale, unsent])
     with sessions() as session:
-        statuses = dict(session.execute(select(Job.id, Job.status)).tuples().all())
+        statuses = {row.id: row.status for row in session.execute(select(Job.id, Job.status))}
     assert statuses == {stale: "queued", fresh: "running", unsent: "queued"}
     assert reaper.run_once() == []  # nothing is sent twice
     messages = list((settings.broker_folder() / "queue").glob("*.msg"))

@@ -1,0 +1,125 @@
+"""The deployed shape: an API process, two Celery worker processes on one queue, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from service import broker
+from service.db.migrate import upgrade
+from service.settings import Settings
+from tests.integration.conftest import Api, Proc, assert_every_epoch_once, optimlab, service_env, slow_spec, wait_for
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Deployment:
+    api: Api
+    env: dict[str, str]
+    logs: Path
+    workers: list[Proc]
+    redis_url: str
+
+    def start_worker(self, name: str) -> Proc:
+        proc = Proc(
+            optimlab("worker", "--queues", "cpu", "--gpus", "none", "--name", f"{name}@%h"),
+            self.env,
+            self.logs / f"{name}.log",
+        )
+        wait_for(lambda: "ready." in proc.output(), 60, f"worker {name} to be ready")
+        self.workers.append(proc)
+        return proc
+
+
+@pytest.fixture
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, logs: Path, postgres: Any, redis_url: str
+) -> Iterator[Deployment]:
+    database_url = postgres.url(postgres.create_database())
+    upgrade(database_url)
+    db_index = 1 + int(time.monotonic_ns() % 14)
+    broker_url = f"{redis_url}/{db_index}"
+    redis.Redis.from_url(broker_url).flushdb()
+    env = service_env(
+        OPTIMLAB_DATABASE_URL=database_url,
+        OPTIMLAB_BROKER_URL=broker_url,
+        OPTIMLAB_HOME=str(tmp_path / "home"),
+        **getattr(request, "param", {}),
+    )
+    port = free_port()
+    api_proc = Proc(optimlab("api", "--port", str(port)), env, logs / "api.log")
+    deployment = Deployment(Api(f"http://127.0.0.1:{port}"), env, logs, [], broker_url)
+    try:
+        wait_for(deployment.api.up, 60, "the API")
+        deployment.start_worker("w1")
+        deployment.start_worker("w2")
+        yield deployment
+    finally:
+        for proc in [api_proc, *deployment.workers]:
+            proc.stop()
+
+
+def test_two_workers_consume_one_queue(deployment: Deployment) -> None:
+    api = deployment.api
+    assert api.http.get("/readyz").json()["broker"] == "ok"
+    jobs = [api.submit(slow_spec(8, n_samples=4096, seed=seed)) for seed in range(6)]
+    done = [api.wait_status(job["id"], "succeeded", "failed") for job in jobs]
+    assert {job["status"] for job in done} == {"succeeded"}
+    for job in done:
+        assert_every_epoch_once(api.metrics(job["id"]), 8)
+        assert job["attempt"] == 1
+    worker_hosts = {job["worker"] for job in done}
+    assert len(worker_hosts) == 2, f"both worker processes took jobs: {worker_hosts}"
+
+
+@pytest.mark.parametrize(
+    "deployment",
+    [
+        pytest.param({}, id="recovered-by-heartbeat-or-redelivery"),
+        # Reaper off: only Redis's visibility timeout brings the task back; its claim succeeds
+        # because the dead attempt's heartbeat is stale by then.
+        pytest.param({"OPTIMLAB_REAPER_INTERVAL_S": "0", "OPTIMLAB_VISIBILITY_TIMEOUT_S": "8"}, id="redis-redelivery"),
+    ],
+    indirect=True,
+)
+def test_sigkill_mid_job_resumes_from_the_checkpoint(deployment: Deployment) -> None:
+    api = deployment.api
+    job = api.submit(slow_spec(40))
+    running = api.wait_epochs(job["id"], 3)
+    child_pid = int(running["worker"].rsplit(":", 1)[1])
+    victim = next(w for w in deployment.workers if w.popen.pid == os.getpgid(child_pid))
+    victim.kill(signal.SIGKILL)  # the worker and its pool child, mid-epoch: no ack, no cleanup
+    deployment.workers.remove(victim)
+    deployment.start_worker("w3")
+    done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["attempt"] == 2
+    assert done["summary"]["resumed_from_epoch"] >= 3, "it resumed from its checkpoint, not from epoch 1"
+    assert_every_epoch_once(api.metrics(job["id"]), 40)
+
+
+def test_a_redelivered_task_for_a_finished_job_changes_nothing(deployment: Deployment) -> None:
+    api = deployment.api
+    job = api.submit(slow_spec(3, n_samples=512))
+    before = api.wait_status(job["id"], "succeeded")
+    rows_before = api.metrics(job["id"])
+    settings = Settings(broker_url=deployment.redis_url, database_url="sqlite://")
+    celery = broker.make_celery(settings)
+    broker.enqueue(celery, job["id"], "cpu")
+    client = redis.Redis.from_url(deployment.redis_url)
+    wait_for(lambda: client.llen("cpu") == 0 and client.hlen("unacked") == 0, 30, "the duplicate to be consumed")
+    wait_for(lambda: any("not claimable" in w.output() for w in deployment.workers), 30, "a worker to skip it")
+    after = api.job(job["id"])
+    keys = ("status", "attempt", "worker", "finished_at", "summary")
+    assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
+    assert api.metrics(job["id"]) == rows_before
