@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what it needs, then ruff, mypy and pytest.
+# The whole test suite on a fresh machine: installs what it needs (Python deps; Redis and
+# PostgreSQL server binaries under CI=true), then ruff, ruff format, mypy and pytest.
 # Usage: bash .ci/test.sh [pytest args]   (OPTIMLAB_VENV picks the virtualenv; default .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash .ci/install.sh
+bash .ci/servers.sh
 py="${OPTIMLAB_VENV:-.venv}/bin/python"
 
 "$py" -m ruff check .
