@@ -30,6 +30,19 @@ class Settings(EngineSettings):
     keep_checkpoints: bool = Field(
         default=False, description="Keep a finished job's checkpoint instead of deleting it."
     )
+    checkpoint_every_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "Checkpoint after each epoch unless the last checkpoint is younger than this (0: every epoch). "
+            "A killed worker loses at most this much work; tiny models skip a checkpoint every few ms."
+        ),
+    )
+    metrics_flush_s: float = Field(
+        default=0.25,
+        ge=0,
+        description="Write epoch rows at most this often (rows in between go in one transaction; 0: every epoch).",
+    )
     auto_device_queue: Literal["cpu", "gpu"] = Field(
         default="cpu", description="Queue for specs with device 'auto' (compose on GPU hosts sets gpu)."
     )

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,11 +62,21 @@ def run_job(job_id: int) -> str:
 
 @dataclass
 class _Attempt:
-    """What the callbacks share: the job's identity and whether this attempt still owns it."""
+    """What the callbacks share: the job's identity, whether this attempt still owns it, and
+    whether the user asked it to stop (learned from the writer's and the heartbeat's writes)."""
 
     job_id: int
     number: int
     lost: bool = False
+    cancel_requested: bool = False
+    database_error: DatabaseLost | None = None
+
+    def learn(self, ownership: job_ops.Ownership) -> None:
+        self.lost = self.lost or not ownership.owned
+        self.cancel_requested = self.cancel_requested or ownership.cancel_requested
+
+    def should_stop(self) -> bool:
+        return self.lost or self.cancel_requested or self.database_error is not None
 
 
 def execute_job(job_id: int, sessions: sessionmaker[Session], settings: Settings) -> str:
@@ -97,11 +107,12 @@ def execute_job(job_id: int, sessions: sessionmaker[Session], settings: Settings
     finally:
         stop_heartbeat.set()
         beat.join()
-    if status in (JobStatus.succeeded, JobStatus.diverged, JobStatus.cancelled, JobStatus.failed) and not (
-        settings.keep_checkpoints
-    ):
+    if attempt.lost:
+        log.warning("job %s: attempt %s lost ownership; it wrote no result", job_id, attempt.number)
+        return "lost"
+    if not settings.keep_checkpoints:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    return str(status) if not attempt.lost else "lost"
+    return str(status)
 
 
 def _train(
@@ -109,8 +120,13 @@ def _train(
 ) -> JobStatus:
     from optim_engine import JobSpec, resolve_device, train  # torch is imported here, in the worker only
 
-    def finish(status: JobStatus, **kwargs: Any) -> JobStatus:
+    device: str | None = None
+
+    def finish(status: JobStatus, rows: list[dict[str, Any]] | None = None, **kwargs: Any) -> JobStatus:
         def write(session: Session) -> bool:
+            if rows or device is not None:  # the last epochs go in the same transaction as the status
+                ownership = job_ops.record_epochs(session, attempt.job_id, attempt.number, rows or [], device=device)
+                attempt.learn(ownership)
             return job_ops.finish(session, attempt.job_id, attempt.number, status, **kwargs)
 
         if not _with_db(sessions, write):
@@ -124,41 +140,96 @@ def _train(
     except Exception as exc:  # the spec validated at submission; its data may have changed since
         log.exception("job %s: spec no longer valid", attempt.job_id)
         return finish(JobStatus.failed, error=f"spec: {exc}")
-    _with_db(sessions, lambda s: job_ops.set_device(s, attempt.job_id, attempt.number, device))
 
-    def on_epoch(metrics: Any) -> None:
-        row = metrics.as_dict()
-        if not _with_db(sessions, lambda s: job_ops.record_epoch(s, attempt.job_id, attempt.number, row)):
-            attempt.lost = True
-
-    def should_stop() -> bool:
-        # Polled once per epoch: the cancel flag costs one indexed read per epoch.
-        if attempt.lost:
-            return True
-        return _with_db(sessions, lambda s: job_ops.cancel_requested(s, attempt.job_id))
-
+    writer = _EpochWriter(sessions, attempt, settings.metrics_flush_s, device)
+    writer.start()
     try:
         result = train(
             spec,
-            on_epoch=on_epoch,
-            should_stop=should_stop,
+            on_epoch=lambda metrics: writer.submit(metrics.as_dict()),
+            should_stop=attempt.should_stop,
             checkpoint_dir=ckpt,
+            checkpoint_every_s=settings.checkpoint_every_s,
             num_threads=settings.torch_threads,
         )
-    except DatabaseLost:
-        raise
     except Exception as exc:
+        pending = writer.close()
         log.exception("job %s failed", attempt.job_id)
-        return finish(JobStatus.failed, error=f"{type(exc).__name__}: {exc}")
+        return finish(JobStatus.failed, pending, error=f"{type(exc).__name__}: {exc}")
+    pending = writer.close()
+    if attempt.database_error is not None:
+        raise attempt.database_error
     if attempt.lost:
-        log.warning("job %s: attempt %s lost ownership; not writing a result", attempt.job_id, attempt.number)
         return JobStatus.cancelled
+    # Rows from before a resume may be missing (a killed attempt's checkpoint can land before its
+    # rows reach the database), so they are written once more with the result.
+    resumed = result.resumed_from_epoch or 0
+    before_resume = [m.as_dict() for m in result.history if m.epoch <= resumed]
     return finish(
         OUTCOME_STATUS[result.outcome],
+        before_resume + pending,
         environment=result.environment,
         diverged_epoch=result.diverged_epoch,
         resumed_from_epoch=result.resumed_from_epoch,
     )
+
+
+def _write_rows(
+    session: Session, *, attempt: _Attempt, rows: list[dict[str, Any]], device: str | None
+) -> job_ops.Ownership:
+    return job_ops.record_epochs(session, attempt.job_id, attempt.number, rows, device=device)
+
+
+class _EpochWriter(threading.Thread):
+    """Writes epoch rows off the training thread: the next epoch trains while the database
+    commits the last one. At most one write per ``flush_s``; rows that arrive in between (fast
+    epochs, a slow database) go in one transaction, so per-epoch cost stays off the GIL. Its
+    first write, at once, records the device."""
+
+    def __init__(self, sessions: sessionmaker[Session], attempt: _Attempt, flush_s: float, device: str) -> None:
+        super().__init__(name=f"epoch-writer-{attempt.job_id}", daemon=True)
+        self._sessions = sessions
+        self._attempt = attempt
+        self._flush_s = flush_s
+        self._device: str | None = device
+        self._pending: list[dict[str, Any]] = []
+        self._closed = False
+        self._wake = threading.Condition()
+
+    def submit(self, row: dict[str, Any]) -> None:
+        with self._wake:
+            self._pending.append(row)
+            self._wake.notify()
+
+    def close(self) -> list[dict[str, Any]]:
+        """Stop after the write in flight; returns the rows not written yet, for the final write."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self.join()
+        pending, self._pending = self._pending, []
+        return pending
+
+    def run(self) -> None:
+        attempt = self._attempt
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._pending or self._device or self._closed)
+                if self._closed:
+                    return
+                batch, self._pending = self._pending, []
+            write = partial(_write_rows, attempt=attempt, rows=batch, device=self._device)
+            try:
+                ownership = _with_db(self._sessions, write)
+            except DatabaseLost as exc:
+                with self._wake:  # unwritten rows go back for the final write (if the database returns)
+                    self._pending[:0] = batch
+                attempt.database_error = exc
+                return
+            self._device = None
+            attempt.learn(ownership)
+            with self._wake:  # let rows gather; close() ends the wait at once
+                self._wake.wait_for(lambda: self._closed, timeout=self._flush_s)
 
 
 def _pinned(device: str) -> str:
@@ -186,11 +257,12 @@ def _with_db(sessions: sessionmaker[Session], work: Callable[[Session], T], atte
 
 
 def _heartbeat(sessions: sessionmaker[Session], attempt: _Attempt, interval: float, stop: threading.Event) -> None:
+    """Prove the worker lives, and pick up a cancel request during a long epoch."""
     while not stop.wait(interval):
         try:
             with sessions() as session, session.begin():
-                if not job_ops.heartbeat(session, attempt.job_id, attempt.number):
-                    attempt.lost = True  # requeued or finished elsewhere: stop at the next epoch
-                    return
+                attempt.learn(job_ops.heartbeat(session, attempt.job_id, attempt.number))
         except DBAPIError as exc:
             log.warning("heartbeat of job %s failed: %s", attempt.job_id, exc.orig)
+        if attempt.lost:
+            return

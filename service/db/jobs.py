@@ -249,53 +249,81 @@ def _owned(job_id: int, attempt: int) -> ColumnElement[bool]:
     return and_(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running)
 
 
-def set_device(session: Session, job_id: int, attempt: int, device: str) -> None:
-    session.execute(update(Job).where(_owned(job_id, attempt)).values(device=device))
+@dataclass(frozen=True)
+class Ownership:
+    """What a worker's write learns: whether its attempt still owns the job, and whether the
+    user asked it to stop."""
+
+    owned: bool
+    cancel_requested: bool = False
 
 
-def heartbeat(session: Session, job_id: int, attempt: int) -> bool:
-    """Refresh the heartbeat; False when the job is no longer this attempt's (requeued, cancelled)."""
-    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(heartbeat_at=utcnow()))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+def heartbeat(session: Session, job_id: int, attempt: int) -> Ownership:
+    """Refresh the heartbeat; not owned when the job is no longer this attempt's (requeued, finished)."""
+    row = session.execute(
+        update(Job).where(_owned(job_id, attempt)).values(heartbeat_at=utcnow()).returning(Job.cancel_requested)
+    ).first()
+    return Ownership(row is not None, bool(row and row[0]))
 
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def record_epoch(session: Session, job_id: int, attempt: int, metrics: Mapping[str, Any]) -> bool:
-    """Upsert one epoch's row and refresh the job's summary and heartbeat in one transaction.
+def record_epochs(
+    session: Session, job_id: int, attempt: int, rows: Sequence[Mapping[str, Any]], *, device: str | None = None
+) -> Ownership:
+    """Upsert epoch rows and refresh the job's summary, heartbeat (and device) in one transaction.
 
-    Returns False (and writes nothing) when this attempt no longer owns the job.
+    Writes nothing when this attempt no longer owns the job. Rows may arrive in batches, and the
+    same epoch may be written again (a resumed attempt, the final full-history write): the
+    (job, epoch) key makes every write an upsert, never a duplicate.
     """
+    if not rows and device is None:
+        return heartbeat(session, job_id, attempt)
     now = utcnow()
-    epoch = int(metrics["epoch"])
-    values = {name: _finite(metrics.get(name)) for name in METRIC_COLUMNS}
-    monitored = values["val_loss"] if metrics.get("val_loss") is not None else values["train_loss"]
-    summary: dict[str, Any] = {
-        "heartbeat_at": now,
-        "epochs_done": epoch,
-        "final_train_loss": values["train_loss"],
-        "final_val_loss": values["val_loss"],
-        "final_val_accuracy": values["val_accuracy"],
-    }
-    if monitored is not None:  # both CASEs read the row's old best_loss
-        improves = or_(Job.best_loss.is_(None), Job.best_loss > monitored)
-        summary["best_loss"] = case((improves, monitored), else_=Job.best_loss)
-        summary["best_epoch"] = case((improves, epoch), else_=Job.best_epoch)
-    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**summary))
-    if result.rowcount == 0:  # type: ignore[attr-defined]
-        return False
-    row = {"job_id": job_id, "epoch": epoch, "recorded_at": now, **values}
+    cleaned = []
+    best: tuple[float, int] | None = None
+    for metrics in sorted(rows, key=lambda m: int(m["epoch"])):
+        values = {name: _finite(metrics.get(name)) for name in METRIC_COLUMNS}
+        epoch = int(metrics["epoch"])
+        cleaned.append({"job_id": job_id, "epoch": epoch, "recorded_at": now, **values})
+        monitored = values["val_loss"] if metrics.get("val_loss") is not None else values["train_loss"]
+        if monitored is not None and (best is None or monitored < best[0]):
+            best = (monitored, epoch)
+    summary: dict[str, Any] = {"heartbeat_at": now}
+    if device is not None:
+        summary["device"] = device
+    if cleaned:
+        last = cleaned[-1]
+        summary["epochs_done"] = last["epoch"]
+        summary["final_train_loss"] = last["train_loss"]
+        summary["final_val_loss"] = last["val_loss"]
+        summary["final_val_accuracy"] = last["val_accuracy"]
+    if best is not None:  # both CASEs read the row's old best_loss
+        improves = or_(Job.best_loss.is_(None), Job.best_loss > best[0])
+        summary["best_loss"] = case((improves, best[0]), else_=Job.best_loss)
+        summary["best_epoch"] = case((improves, best[1]), else_=Job.best_epoch)
+    row = session.execute(
+        update(Job).where(_owned(job_id, attempt)).values(**summary).returning(Job.cancel_requested)
+    ).first()
+    if row is None:
+        return Ownership(False)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = insert(EpochMetric).values(row)
-    session.execute(
-        statement.on_conflict_do_update(
-            index_elements=["job_id", "epoch"],
-            set_={name: statement.excluded[name] for name in (*METRIC_COLUMNS, "recorded_at")},
+    for start in range(0, len(cleaned), 500):  # keep each statement's parameter count modest
+        statement = insert(EpochMetric).values(cleaned[start : start + 500])
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["job_id", "epoch"],
+                set_={name: statement.excluded[name] for name in (*METRIC_COLUMNS, "recorded_at")},
+            )
         )
-    )
-    return True
+    return Ownership(True, bool(row[0]))
+
+
+def record_epoch(session: Session, job_id: int, attempt: int, metrics: Mapping[str, Any]) -> bool:
+    """One epoch's row (see ``record_epochs``); False when this attempt no longer owns the job."""
+    return record_epochs(session, job_id, attempt, [metrics]).owned
 
 
 def finish(

@@ -66,14 +66,18 @@ def test_cancel_queued_and_running(embedded: tuple[Api, Proc, float]) -> None:
     assert api.metrics(queued["id"]) == []
 
 
-def test_a_killed_worker_is_restarted_and_the_job_resumes(embedded: tuple[Api, Proc, float]) -> None:
+def test_a_killed_worker_is_restarted_and_the_job_resumes(embedded: tuple[Api, Proc, float], tmp_path: Path) -> None:
     api, _, _ = embedded
+    home = tmp_path / "home"
     job = api.submit(slow_spec(40))
-    running = api.wait_epochs(job["id"], 3)
+    checkpoint = home / "checkpoints" / str(job["id"]) / "checkpoint.pt"
+    wait_for(checkpoint.exists, 60, "the first checkpoint (OPTIMLAB_CHECKPOINT_EVERY_S, 1 s by default)")
+    running = api.job(job["id"])
+    assert running["status"] == "running"
     child_pid = int(running["worker"].rsplit(":", 1)[1])
     os.killpg(os.getpgid(child_pid), signal.SIGKILL)  # the worker and its pool child, mid-epoch
     done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2
-    assert done["summary"]["resumed_from_epoch"] >= 3
+    assert done["summary"]["resumed_from_epoch"] >= 1, "it resumed from its checkpoint, not from epoch 1"
     assert_every_epoch_once(api.metrics(job["id"]), 40)

@@ -527,3 +527,11 @@ def test_command_line_trains_a_yaml_spec(tmp_path: Path, capsys: pytest.CaptureF
     spec_file.write_text("optimizer: {name: sgd, lr: -1}\n")
     assert main([str(spec_file)]) == 2
     assert "optimizer.sgd.lr" in capsys.readouterr().err
+
+
+def test_checkpoint_every_s_skips_young_checkpoints(tmp_path: Path) -> None:
+    spec = seed_spec({"name": "sgd", "lr": 0.01}, epochs=3)
+    train(spec, checkpoint_dir=tmp_path / "every", checkpoint_every_s=0)
+    train(spec, checkpoint_dir=tmp_path / "hourly", checkpoint_every_s=3600)
+    assert (tmp_path / "every" / "checkpoint.pt").exists()
+    assert not (tmp_path / "hourly").exists()

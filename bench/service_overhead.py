@@ -1,0 +1,172 @@
+"""What the service costs over calling the engine directly, side by side in one run.
+
+The same 16 short jobs (digits MLP 64-128-10, Adam, batch 64, 20 epochs, seeds 0-15, one torch
+thread) run (1) one after another through ``optim_engine.train`` in this process, and (2) through
+the deployed path: POST /v1/jobs to an API process, Redis, one Celery worker process, every epoch
+upserted into the database, while this process polls each job's metrics like a dashboard would.
+Rounds alternate the two; the ratio is the median over rounds of service wall time (first POST
+to last job seen finished) over engine wall time. Also prints POST /v1/jobs and
+GET /v1/jobs/{id}/metrics latencies (p50, p95) seen by the client during the service runs.
+
+Needs redis-server and PostgreSQL binaries (or --database sqlite); starts its own servers.
+
+    python bench/service_overhead.py [--rounds 3] [--jobs 16] [--database postgresql|sqlite]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from optim_engine import train  # noqa: E402
+from service.db.migrate import upgrade  # noqa: E402
+from tests.servers import free_port, postgres_server, redis_server  # noqa: E402
+
+SPEC: dict[str, Any] = {
+    "model": {"name": "mlp", "params": {"depth": 1, "width": 128}},
+    "dataset": {"name": "digits", "val_fraction": 0.2},
+    "loss": "cross_entropy",
+    "optimizer": {"name": "adam", "lr": 1e-3},
+    "batch_size": 64,
+    "epochs": 20,
+    "device": "cpu",
+}
+
+
+def spec(seed: int) -> dict[str, Any]:
+    return SPEC | {"seed": seed}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_direct(jobs: int) -> float:
+    start = time.perf_counter()
+    for seed in range(jobs):
+        train(spec(seed), num_threads=1)
+    return time.perf_counter() - start
+
+
+def run_service(http: httpx.Client, jobs: int, post_ms: list[float], get_ms: list[float]) -> float:
+    start = time.perf_counter()
+    ids = []
+    for seed in range(jobs):
+        t = time.perf_counter()
+        response = http.post("/v1/jobs", json={"spec": spec(seed), "tags": ["bench"]})
+        post_ms.append((time.perf_counter() - t) * 1000)
+        response.raise_for_status()
+        ids.append(response.json()["id"])
+    pending = {job_id: 0 for job_id in ids}
+    while pending:
+        for job_id in list(pending):
+            t = time.perf_counter()
+            body = http.get(f"/v1/jobs/{job_id}/metrics", params={"since_epoch": pending[job_id]}).json()
+            get_ms.append((time.perf_counter() - t) * 1000)
+            if body["rows"]:
+                pending[job_id] = body["rows"][-1]["epoch"]
+            if body["status"] not in ("queued", "running"):
+                if body["status"] != "succeeded" or body["epochs_done"] != SPEC["epochs"]:
+                    raise RuntimeError(f"job {job_id} ended {body['status']}")
+                del pending[job_id]
+            break  # poll the oldest unfinished job, as a progress view would
+        time.sleep(0.01)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--database", choices=["postgresql", "sqlite"], default="postgresql")
+    args = parser.parse_args()
+
+    with ExitStack() as stack:
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optimlab-bench-")))
+        broker_url = stack.enter_context(redis_server()) + "/0"
+        if args.database == "postgresql":
+            pg = stack.enter_context(postgres_server())
+            database_url = pg.url(pg.create_database())
+        else:
+            database_url = f"sqlite:///{home / 'bench.db'}"
+        upgrade(database_url)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIMLAB_")}
+        env |= {
+            "OPTIMLAB_DATABASE_URL": database_url,
+            "OPTIMLAB_BROKER_URL": broker_url,
+            "OPTIMLAB_HOME": str(home),
+            "OPTIMLAB_TORCH_THREADS": "1",
+        }
+        port = free_port()
+        cli = [sys.executable, "-m", "service.cli"]
+        logs = [(home / name).open("wb") for name in ("api.log", "worker.log")]
+        procs = [
+            subprocess.Popen(
+                [*cli, "api", "--port", str(port), "--log-level", "warning"],
+                env=env,
+                stdout=logs[0],
+                stderr=subprocess.STDOUT,
+            ),
+            subprocess.Popen(
+                [*cli, "worker", "--queues", "cpu", "--gpus", "none", "--log-level", "info"],
+                env=env,
+                stdout=logs[1],
+                stderr=subprocess.STDOUT,
+            ),
+        ]
+        for proc in procs:
+            stack.callback(proc.wait)
+            stack.callback(proc.terminate)
+        http = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30))
+        deadline = time.monotonic() + 60
+        while b"ready." not in (home / "worker.log").read_bytes() or not _up(http):
+            if time.monotonic() > deadline:
+                raise RuntimeError("API or worker did not start; see logs in " + str(home))
+            time.sleep(0.1)
+
+        # Warm-up, both sides: first-run costs (imports, allocator, dataset cache) are not overhead.
+        run_direct(2)
+        run_service(http, 2, [], [])
+
+        post_ms: list[float] = []
+        get_ms: list[float] = []
+        ratios = []
+        print(f"{args.jobs} jobs per round, database {args.database}, broker redis, 1 worker process x 1 thread")
+        for round_ in range(args.rounds):
+            direct = run_direct(args.jobs)
+            service = run_service(http, args.jobs, post_ms, get_ms)
+            ratios.append(service / direct)
+            print(f"round {round_ + 1}: engine {direct:.2f} s, service {service:.2f} s, ratio {service / direct:.3f}")
+        print(f"POST /v1/jobs latency: p50 {percentile(post_ms, 0.5):.1f} ms, p95 {percentile(post_ms, 0.95):.1f} ms")
+        print(
+            f"GET /v1/jobs/{{id}}/metrics latency: p50 {percentile(get_ms, 0.5):.1f} ms, "
+            f"p95 {percentile(get_ms, 0.95):.1f} ms ({len(get_ms)} polls)"
+        )
+        print(
+            f"service/engine wall-time ratio (median of {args.rounds}, target <= 1.25): {statistics.median(ratios):.3f}"
+        )
+
+
+def _up(http: httpx.Client) -> bool:
+    try:
+        return http.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
