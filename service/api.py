@@ -31,6 +31,7 @@ from service.errors import InvalidRequest, OptimlabError, ServiceUnavailable
 from service.reaper import Reaper
 from service.schemas import EpochRow, ErrorOut, JobCreate, JobMetrics, JobOut, JobPage
 from service.settings import Settings, get_settings
+from service.spec_codec import stored_spec
 
 log = logging.getLogger("optimlab.api")
 
@@ -154,7 +155,7 @@ def _routes(settings: Settings) -> Any:
         """Validate a spec and queue it. With an `Idempotency-Key` header, a retried POST returns
         the job the first one created (200) instead of creating a second."""
         _check_caps(body.spec, settings)
-        spec_json = body.spec.model_dump(mode="json")
+        spec_json = stored_spec(body.spec)
         job, created = job_ops.create_job(
             session,
             spec=spec_json,

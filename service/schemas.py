@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from optim_engine.spec import JobSpec
 from service.db.models import Job
+from service.spec_codec import decode
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=-]+$")]
 
@@ -18,9 +19,16 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    spec: JobSpec
+    spec: JobSpec = Field(description='Non-finite floats may be written "Infinity", "-Infinity", "NaN".')
     tags: Annotated[list[Tag], Field(max_length=32)] = Field(default_factory=list)
     name: Annotated[str, Field(max_length=200)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _non_finite_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            return {**data, "spec": decode(data["spec"])}
+        return data
 
 
 class JobSummary(BaseModel):

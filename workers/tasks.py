@@ -25,6 +25,7 @@ from service.db import jobs as job_ops
 from service.db.models import JobStatus
 from service.db.session import make_engine, make_session_factory
 from service.settings import Settings, get_settings
+from service.spec_codec import load_spec
 from workers.app import GPUS_ENV, app
 
 log = logging.getLogger("optimlab.worker")
@@ -118,7 +119,7 @@ def execute_job(job_id: int, sessions: sessionmaker[Session], settings: Settings
 def _train(
     spec_json: dict[str, Any], sessions: sessionmaker[Session], settings: Settings, attempt: _Attempt, ckpt: Path
 ) -> JobStatus:
-    from optim_engine import JobSpec, resolve_device, train  # torch is imported here, in the worker only
+    from optim_engine import resolve_device, train  # torch is imported here, in the worker only
 
     device: str | None = None
 
@@ -134,7 +135,7 @@ def _train(
         return status
 
     try:
-        spec = JobSpec.model_validate(spec_json)
+        spec = load_spec(spec_json)
         device = str(resolve_device(_pinned(spec.device)))
         spec = spec.model_copy(update={"device": _pinned(spec.device)})
     except Exception as exc:  # the spec validated at submission; its data may have changed since

@@ -347,3 +347,15 @@ def test_the_api_process_never_imports_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_non_finite_spec_values_round_trip_as_strict_json(client: TestClient) -> None:
+    """Prodigy's default growth_rate is inf: stored and served as "Infinity" (PostgreSQL's JSONB
+    rejects a bare Infinity), and the served spec can be posted again unchanged."""
+    first = client.post("/v1/jobs", json=job_body(seed_spec({"name": "prodigy"})))
+    assert first.status_code == 201, first.text
+    served = client.get(f"/v1/jobs/{first.json()['id']}").json()["spec"]
+    assert served["optimizer"]["params"]["growth_rate"] == "Infinity"
+    again = client.post("/v1/jobs", json={"spec": served})
+    assert again.status_code == 201, again.text
+    assert again.json()["spec_hash"] == first.json()["spec_hash"]

@@ -290,3 +290,25 @@ def test_cuda_ordinals_map_to_the_childs_own_gpu(monkeypatch: pytest.MonkeyPatch
     assert tasks._pinned("cpu") == "cpu"
     monkeypatch.delenv("OPTIMLAB_WORKER_GPUS")
     assert tasks._pinned("cuda:1") == "cuda:1"
+
+
+def test_a_spec_with_an_infinite_default_trains(sessions: sessionmaker[Session], settings: Settings) -> None:
+    from optim_engine import JobSpec
+    from service.spec_codec import stored_spec
+
+    spec = JobSpec.model_validate(seed_spec({"name": "prodigy"}, epochs=2))
+    with sessions() as session, session.begin():
+        job, _ = job_ops.create_job(
+            session, spec=stored_spec(spec), spec_hash=spec.spec_hash(), optimizer="prodigy", queue="cpu"
+        )
+    assert execute_job(job.id, sessions, settings) == "succeeded"
+
+
+def test_the_worker_parent_process_does_not_import_torch() -> None:
+    """torch is imported in each pool child after it is pinned to its GPU, never before the fork."""
+    import subprocess
+    import sys
+
+    code = "import sys, workers.app, workers.tasks; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
