@@ -108,6 +108,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture
+def sessions(database_url: str) -> Iterator[Any]:
+    """A session factory on ``database_url`` (each backend in turn)."""
+    from service.db.session import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
 def service_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Any:
     """Settings for a test service: its own home (embedded broker, checkpoints), no reaper thread."""
     from service.settings import Settings

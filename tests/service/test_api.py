@@ -17,17 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import create_app
 from service.db.models import EpochMetric, Job, JobStatus
-from service.db.session import make_engine, make_session_factory
 from tests.conftest import digits_spec, seed_spec, service_settings
 from tests.factories import advance, job_body
 from tests.servers import free_port
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +15,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import jobs as job_ops
 from service.db.models import EpochMetric, Job, JobStatus
-from service.db.session import make_engine, make_session_factory
 from service.settings import Settings
 from tests.conftest import digits_spec, seed_spec, service_settings
 from workers import tasks
 from workers.app import child_gpu
 from workers.tasks import execute_job
-
-
-@pytest.fixture
-def sessions(database_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(database_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture
