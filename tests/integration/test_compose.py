@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,13 @@ def test_each_service_command_runs_a_job(tmp_path: Path, logs: Path, postgres: A
         probe = [sys.executable, *[arg.replace("8000", str(ports["8000"])) for arg in healthcheck[2:]]]
         assert subprocess.run(probe, capture_output=True, check=False).returncode == 0, "api healthcheck"
         wait_for(lambda: "ready." in running[1].output(), 60, "the worker service")
+        # The worker's own healthcheck (CMD-SHELL): it answers a ping addressed to it.
+        kind, script = services["worker"]["healthcheck"]["test"]
+        assert kind == "CMD-SHELL"
+        script = script.replace("$$", "$").replace("celery ", f"{sys.executable} -m celery ", 1)
+        env = env_of("worker") | {"HOSTNAME": socket.gethostname()}
+        pinged = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, check=False)
+        assert pinged.returncode == 0, pinged.stdout + pinged.stderr
         job = api.submit(slow_spec(5, n_samples=1024))
         done = api.wait_status(job["id"], "succeeded", "failed")
         assert done["status"] == "succeeded", done

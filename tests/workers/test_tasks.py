@@ -303,3 +303,15 @@ def test_the_worker_parent_process_does_not_import_torch() -> None:
     code = "import sys, workers.app, workers.tasks; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_worker_on_an_undeclared_queue_fails_loudly(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OPTIMLAB_HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "service.cli", "worker", "--queues", "gpuu", "--gpus", "none"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "'gpuu' isn't" in result.stdout + result.stderr
