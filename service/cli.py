@@ -63,9 +63,18 @@ def worker(
     gpus: Annotated[str, typer.Option(help="'auto' (nvidia-smi), 'none', or GPU ids like '0,1'.")] = "auto",
     concurrency: Annotated[int | None, typer.Option(help="Processes (default: one per GPU, else 1).")] = None,
     name: Annotated[str | None, typer.Option(help="Celery node name.")] = None,
+    pool: Annotated[str, typer.Option(help="prefork (a child process per GPU) or solo (in this process).")] = "prefork",
+    remote_control: Annotated[
+        bool,
+        typer.Option(
+            help="Answer `celery inspect` / Flower and send heartbeats; off stops faster on the embedded broker."
+        ),
+    ] = True,
     log_level: str = "info",
 ) -> None:
     """Run a Celery worker: one pool process per GPU, each pinned to its own GPU."""
+    if pool not in ("prefork", "solo"):
+        raise typer.BadParameter("use prefork or solo", param_hint="--pool")
     gpu_ids = _detect_gpus(gpus)
     if gpu_ids:
         os.environ["OPTIMLAB_WORKER_GPUS"] = ",".join(gpu_ids)
@@ -73,17 +82,26 @@ def worker(
         "worker",
         "--queues",
         queues or ("gpu" if gpu_ids else "cpu"),
-        "--concurrency",
-        str(concurrency or max(len(gpu_ids), 1)),
+        "--pool",
+        pool,
         "--loglevel",
         log_level.upper(),
         "--without-gossip",
         "--without-mingle",
     ]
+    if not remote_control:  # nobody to send heartbeat events to either
+        argv += ["--without-heartbeat"]
+    if pool == "prefork":
+        argv += ["--concurrency", str(concurrency or max(len(gpu_ids), 1))]
     if name:
         argv += ["--hostname", name]
     from workers.app import app as celery_app
 
+    celery_app.conf.worker_enable_remote_control = remote_control
+    if pool == "solo":
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids[0]
+        import torch  # noqa: F401  (warm-up: the first job does not pay for the import)
     celery_app.worker_main(argv)
 
 
@@ -140,7 +158,10 @@ class _WorkerPool:
         self._watch = threading.Thread(target=self._supervise, name="optimlab-workers", daemon=True)
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
+        # solo pool, no remote control: nothing here uses them, and the filesystem broker's
+        # control channel and pool teardown make a stop take several seconds longer.
         command = [sys.executable, "-m", "service.cli", "worker", "--queues", "gpu,cpu", "--gpus", "none"]
+        command += ["--pool", "solo", "--no-remote-control"]
         command += ["--name", f"embedded{index}@%h", "--log-level", self._log_level]
         return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: S603 (fixed argv)
 
