@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from celery import Celery
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service import broker
@@ -26,14 +28,30 @@ class Reaper:
         self._sessions = session_factory
         self._celery = celery
         self._settings = settings
+        self._database_down = False
+        self._outage_ended: float | None = None
+
+    def _heartbeats_meaningful(self) -> bool:
+        # While the database was down, live workers could not heartbeat either: a heartbeat
+        # missed then says nothing, so wait a full stale period after an outage.
+        if self._outage_ended is None:
+            return True
+        return time.monotonic() - self._outage_ended >= self._settings.stale_after_s
 
     def run_once(self) -> list[int]:
         """One pass; returns the ids it enqueued again."""
-        with self._sessions() as session, session.begin():
-            jobs = job_ops.claim_unsent(session)
-            jobs += job_ops.requeue_stale_running(session, stale_after_s=self._settings.stale_after_s)
-            if self._settings.requeue_queued_after_s > 0:
-                jobs += job_ops.requeue_stalled_queued(session, after_s=self._settings.requeue_queued_after_s)
+        try:
+            with self._sessions() as session, session.begin():
+                jobs = job_ops.claim_unsent(session)
+                if self._database_down:  # reachable again: the outage ends now
+                    self._database_down, self._outage_ended = False, time.monotonic()
+                if self._heartbeats_meaningful():
+                    jobs += job_ops.requeue_stale_running(session, stale_after_s=self._settings.stale_after_s)
+                if self._settings.requeue_queued_after_s > 0:
+                    jobs += job_ops.requeue_stalled_queued(session, after_s=self._settings.requeue_queued_after_s)
+        except OperationalError:
+            self._database_down = True
+            raise
         sent = []
         for job_id, queue in jobs:
             log.warning("re-enqueueing job %s on %s", job_id, queue)

@@ -315,3 +315,36 @@ def test_a_worker_on_an_undeclared_queue_fails_loudly(tmp_path: Path) -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "'gpuu' isn't" in result.stdout + result.stderr
+
+
+def test_after_a_database_outage_the_reaper_waits_before_trusting_heartbeats(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live workers cannot heartbeat while the database is down: right after an outage a stale
+    heartbeat means nothing, so the reaper waits one stale period before requeueing."""
+    from sqlalchemy.exc import OperationalError
+
+    from service import broker, reaper
+    from service.reaper import Reaper
+
+    job_id = create(sessions, seed_spec({"name": "sgd"}))
+    with sessions() as session, session.begin():
+        job_ops.claim(session, job_id, worker="w:1", stale_after_s=60)
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=dt.datetime(2000, 1, 1)))
+
+    down = True
+
+    def flaky_sessions() -> Session:
+        if down:
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+        return sessions()
+
+    clock = [1000.0]
+    monkeypatch.setattr(reaper.time, "monotonic", lambda: clock[0])
+    the_reaper = Reaper(flaky_sessions, broker.make_celery(settings), settings)  # type: ignore[arg-type]
+    with pytest.raises(OperationalError):
+        the_reaper.run_once()
+    down = False
+    assert the_reaper.run_once() == []  # the database is back, but the heartbeat went stale during the outage
+    clock[0] += settings.stale_after_s
+    assert the_reaper.run_once() == [job_id]  # a full stale period later it is a dead worker's job
