@@ -46,6 +46,17 @@ class Postgres:
     host: str
     port: int
     user: str = "postgres"
+    pg_ctl: list[str] | None = None
+    options: str = ""
+
+    def stop(self) -> None:
+        """Stop the server (an outage); ``start`` brings it back with its data."""
+        assert self.pg_ctl is not None
+        subprocess.run([*self.pg_ctl, "stop", "-m", "fast"], check=True, capture_output=True)
+
+    def start(self) -> None:
+        assert self.pg_ctl is not None
+        subprocess.run([*self.pg_ctl, "start", "-o", self.options], check=True, capture_output=True)
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{database}"
@@ -82,7 +93,7 @@ def postgres_server() -> Iterator[Postgres]:
     pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w"]
     subprocess.run([*pg_ctl, "start", "-o", options], check=True, capture_output=True)
     try:
-        yield Postgres("127.0.0.1", port)
+        yield Postgres("127.0.0.1", port, pg_ctl=pg_ctl, options=options)
     finally:
         subprocess.run([*pg_ctl, "stop", "-m", "immediate"], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)

@@ -126,3 +126,39 @@ def test_a_redelivered_task_for_a_finished_job_changes_nothing(deployment: Deplo
     keys = ("status", "attempt", "worker", "finished_at", "summary")
     assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
     assert api.metrics(job["id"]) == rows_before
+
+
+def test_a_database_outage_mid_job_loses_nothing(tmp_path: Path, logs: Path, redis_url: str) -> None:
+    """PostgreSQL stops for a few seconds while a job trains: the API answers 503 meanwhile, the
+    worker retries its writes, and the job ends with every epoch once."""
+    from tests.servers import postgres_server
+
+    with postgres_server() as own:  # its own server: this test stops it
+        database_url = own.url(own.create_database())
+        upgrade(database_url)
+        broker_url = f"{redis_url}/15"
+        redis.Redis.from_url(broker_url).flushdb()
+        env = service_env(
+            OPTIMLAB_DATABASE_URL=database_url, OPTIMLAB_BROKER_URL=broker_url, OPTIMLAB_HOME=str(tmp_path / "home")
+        )
+        port = free_port()
+        procs = [Proc(optimlab("api", "--port", str(port)), env, logs / "api.log")]
+        deployment = Deployment(Api(f"http://127.0.0.1:{port}"), env, logs, [], broker_url)
+        try:
+            wait_for(deployment.api.up, 60, "the API")
+            procs.append(deployment.start_worker("w1"))
+            api = deployment.api
+            job = api.submit(slow_spec(60))
+            api.wait_epochs(job["id"], 3)
+            own.stop()
+            assert api.http.get(f"/v1/jobs/{job['id']}").status_code == 503
+            assert api.http.get("/readyz").status_code == 503
+            time.sleep(3)
+            own.start()
+            done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
+            assert done["status"] == "succeeded", done
+            assert done["attempt"] == 1, "the worker rode out the outage; nothing was requeued"
+            assert_every_epoch_once(api.metrics(job["id"]), 60)
+        finally:
+            for proc in procs:
+                proc.stop()
