@@ -3,9 +3,9 @@
 The same 16 short jobs (digits MLP 64-128-10, Adam, batch 64, 20 epochs, seeds 0-15, one torch
 thread) run (1) one after another through ``optim_engine.train`` in this process, and (2) through
 the deployed path: POST /v1/jobs to an API process, Redis, one Celery worker process, every epoch
-upserted into the database, while this process polls each job's metrics like a dashboard would.
-Rounds alternate the two; the ratio is the median over rounds of service wall time (first POST
-to last job seen finished) over engine wall time. Also prints POST /v1/jobs and
+upserted into the database, while this process polls the running job's new epochs every 50 ms
+like a live progress view. Rounds alternate the two; the ratio is the median over rounds of
+service wall time (first POST to the last job's finished_at) over engine wall time. Also prints POST /v1/jobs and
 GET /v1/jobs/{id}/metrics latencies (p50, p95) seen by the client during the service runs.
 
 Needs redis-server and PostgreSQL binaries (or --database sqlite); starts its own servers.
@@ -16,6 +16,7 @@ Needs redis-server and PostgreSQL binaries (or --database sqlite); starts its ow
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import statistics
 import subprocess
@@ -46,6 +47,9 @@ SPEC: dict[str, Any] = {
 }
 
 
+POLL_S = 0.05  # a 20 Hz progress view: far more eager than a dashboard, so a load on the API
+
+
 def spec(seed: int) -> dict[str, Any]:
     return SPEC | {"seed": seed}
 
@@ -63,7 +67,9 @@ def run_direct(jobs: int) -> float:
 
 
 def run_service(http: httpx.Client, jobs: int, post_ms: list[float], get_ms: list[float]) -> float:
-    start = time.perf_counter()
+    """Seconds from the first POST to the last job's finished_at (server clock, same machine),
+    while a progress view polls the oldest unfinished job's new epochs every POLL_S."""
+    start = time.time()
     ids = []
     for seed in range(jobs):
         t = time.perf_counter()
@@ -73,19 +79,19 @@ def run_service(http: httpx.Client, jobs: int, post_ms: list[float], get_ms: lis
         ids.append(response.json()["id"])
     pending = {job_id: 0 for job_id in ids}
     while pending:
-        for job_id in list(pending):
-            t = time.perf_counter()
-            body = http.get(f"/v1/jobs/{job_id}/metrics", params={"since_epoch": pending[job_id]}).json()
-            get_ms.append((time.perf_counter() - t) * 1000)
-            if body["rows"]:
-                pending[job_id] = body["rows"][-1]["epoch"]
-            if body["status"] not in ("queued", "running"):
-                if body["status"] != "succeeded" or body["epochs_done"] != SPEC["epochs"]:
-                    raise RuntimeError(f"job {job_id} ended {body['status']}")
-                del pending[job_id]
-            break  # poll the oldest unfinished job, as a progress view would
-        time.sleep(0.01)
-    return time.perf_counter() - start
+        job_id = next(iter(pending))
+        t = time.perf_counter()
+        body = http.get(f"/v1/jobs/{job_id}/metrics", params={"since_epoch": pending[job_id]}).json()
+        get_ms.append((time.perf_counter() - t) * 1000)
+        if body["rows"]:
+            pending[job_id] = body["rows"][-1]["epoch"]
+        if body["status"] not in ("queued", "running"):
+            if body["status"] != "succeeded" or body["epochs_done"] != SPEC["epochs"]:
+                raise RuntimeError(f"job {job_id} ended {body['status']}")
+            del pending[job_id]
+        time.sleep(POLL_S)
+    finished = [dt.datetime.fromisoformat(http.get(f"/v1/jobs/{job_id}").json()["finished_at"]) for job_id in ids]
+    return max(finished).timestamp() - start
 
 
 def main() -> None:

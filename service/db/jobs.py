@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, select, update
@@ -228,7 +229,7 @@ def claim(session: Session, job_id: int, *, worker: str, stale_after_s: float) -
         Job.status == JobStatus.queued,
         and_(Job.status == JobStatus.running, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)),
     )
-    result = session.execute(
+    row = session.execute(
         update(Job)
         .where(Job.id == job_id, claimable)
         .values(
@@ -238,10 +239,10 @@ def claim(session: Session, job_id: int, *, worker: str, stale_after_s: float) -
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
         )
-    )
-    if result.rowcount == 0:  # type: ignore[attr-defined]
+        .returning(Job.attempt, Job.spec, Job.epochs_done)
+    ).first()
+    if row is None:
         return None
-    row = session.execute(select(Job.attempt, Job.spec, Job.epochs_done).where(Job.id == job_id)).one()
     return Claim(job_id, row.attempt, row.spec, row.epochs_done)
 
 
@@ -309,16 +310,19 @@ def record_epochs(
     ).first()
     if row is None:
         return Ownership(False)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    for start in range(0, len(cleaned), 500):  # keep each statement's parameter count modest
-        statement = insert(EpochMetric).values(cleaned[start : start + 500])
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["job_id", "epoch"],
-                set_={name: statement.excluded[name] for name in (*METRIC_COLUMNS, "recorded_at")},
-            )
-        )
+    if cleaned:  # one cached statement, executed for many rows (SQLAlchemy batches the VALUES)
+        session.execute(_upsert_epochs(session.get_bind().dialect.name), cleaned)
     return Ownership(True, bool(row[0]))
+
+
+@cache
+def _upsert_epochs(dialect: str) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = insert(EpochMetric)
+    return statement.on_conflict_do_update(
+        index_elements=["job_id", "epoch"],
+        set_={name: statement.excluded[name] for name in (*METRIC_COLUMNS, "recorded_at")},
+    )
 
 
 def record_epoch(session: Session, job_id: int, attempt: int, metrics: Mapping[str, Any]) -> bool:
@@ -351,6 +355,25 @@ def finish(
 
 
 # --- metrics ---------------------------------------------------------------------------------
+
+
+def progress(session: Session, job_id: int) -> tuple[str, int]:
+    """(status, epochs_done) of a job, without loading it: the live-polling path."""
+    row = session.execute(select(Job.status, Job.epochs_done).where(Job.id == job_id)).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    return row.status, row.epochs_done
+
+
+def epoch_rows(session: Session, job_id: int, since_epoch: int = 0) -> list[dict[str, Any]]:
+    """A job's epochs after ``since_epoch`` as plain dicts (epoch and the metric columns)."""
+    columns = [EpochMetric.epoch, *(getattr(EpochMetric, name) for name in METRIC_COLUMNS)]
+    query = (
+        select(*columns)
+        .where(EpochMetric.job_id == job_id, EpochMetric.epoch > since_epoch)
+        .order_by(EpochMetric.epoch)
+    )
+    return [dict(row._mapping) for row in session.execute(query)]
 
 
 def epoch_metrics(session: Session, job_id: int, since_epoch: int = 0) -> list[EpochMetric]:
