@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,13 +71,27 @@ class _Attempt:
     lost: bool = False
     cancel_requested: bool = False
     database_error: DatabaseLost | None = None
+    learned_at: float = field(default_factory=time.monotonic)
 
     def learn(self, ownership: job_ops.Ownership) -> None:
         self.lost = self.lost or not ownership.owned
         self.cancel_requested = self.cancel_requested or ownership.cancel_requested
+        self.learned_at = time.monotonic()
 
-    def should_stop(self) -> bool:
+    def should_stop(self, sessions: sessionmaker[Session]) -> bool:
+        """Called at each epoch boundary. When the flag is older than FRESH_FLAG_S (long epochs)
+        it is read from the database now; short epochs rely on the writer's fresh answers."""
+        if not (self.lost or self.cancel_requested or self.database_error) and (
+            time.monotonic() - self.learned_at > FRESH_FLAG_S
+        ):
+            try:
+                self.learn(_with_db(sessions, partial(_write_rows, attempt=self, rows=[], device=None)))
+            except DatabaseLost as exc:
+                self.database_error = exc
         return self.lost or self.cancel_requested or self.database_error is not None
+
+
+FRESH_FLAG_S = 1.0
 
 
 def execute_job(job_id: int, sessions: sessionmaker[Session], settings: Settings) -> str:
@@ -148,7 +162,7 @@ def _train(
         result = train(
             spec,
             on_epoch=lambda metrics: writer.submit(metrics.as_dict()),
-            should_stop=attempt.should_stop,
+            should_stop=partial(attempt.should_stop, sessions),
             checkpoint_dir=ckpt,
             checkpoint_every_s=settings.checkpoint_every_s,
             num_threads=settings.torch_threads,

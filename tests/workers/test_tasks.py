@@ -348,3 +348,19 @@ def test_after_a_database_outage_the_reaper_waits_before_trusting_heartbeats(
     assert the_reaper.run_once() == []  # the database is back, but the heartbeat went stale during the outage
     clock[0] += settings.stale_after_s
     assert the_reaper.run_once() == [job_id]  # a full stale period later it is a dead worker's job
+
+
+def test_a_stale_cancel_flag_is_read_from_the_database_at_the_epoch_boundary(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Long epochs: the flag the writer last saw is old, so the boundary check asks the database."""
+    job_id = create(sessions, seed_spec({"name": "sgd"}))
+    with sessions() as session, session.begin():
+        claimed = job_ops.claim(session, job_id, worker="w:1", stale_after_s=60)
+        assert claimed is not None
+        job_ops.request_cancel(session, job_id)
+    fresh = tasks._Attempt(job_id, claimed.attempt)
+    assert not fresh.should_stop(sessions)  # a fresh answer (short epochs) is trusted as is
+    stale = tasks._Attempt(job_id, claimed.attempt, learned_at=time.monotonic() - 2 * tasks.FRESH_FLAG_S)
+    assert stale.should_stop(sessions)
+    assert stale.cancel_requested
