@@ -10,5 +10,5 @@ py="$venv/bin/python"
 quiet() { "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; return "${PIPESTATUS[0]}"; }
 # torch first, pinned: pip takes the local CPU wheel; a looser request would pull a CUDA build.
 quiet "$py" -m pip install -q --disable-pip-version-check torch==2.13.0 numpy
-quiet "$py" -m pip install -q --disable-pip-version-check -e '.[dev,pytorch-optimizer,flower]'
+quiet "$py" -m pip install -q --disable-pip-version-check -e '.[dev,pytorch-optimizer,flower,plot]'
 "$py" -c "import torch, optim_engine, pytest" # fail here, loudly, if an install above failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import re
 import secrets
@@ -25,13 +26,26 @@ from optim_engine import catalog as engine_catalog
 from optim_engine.spec import JobSpec, variant_names
 from service import broker
 from service.db import jobs as job_ops
-from service.db.models import METRIC_COLUMNS
+from service.db import sweeps as sweep_ops
+from service.db.models import METRIC_COLUMNS, Sweep
 from service.db.session import make_engine, make_session_factory, utcnow
 from service.errors import InvalidRequest, OptimlabError, ServiceUnavailable
 from service.reaper import Reaper
-from service.schemas import ErrorOut, JobCreate, JobMetrics, JobOut, JobPage
+from service.schemas import (
+    ErrorOut,
+    JobCreate,
+    JobMetrics,
+    JobOut,
+    JobPage,
+    Leaderboard,
+    LeaderboardRow,
+    SweepOut,
+    SweepPage,
+)
 from service.settings import Settings, get_settings
-from service.spec_codec import stored_spec
+from service.spec_codec import encode, stored_spec
+from service.sweeps import SweepCreate, SweepInvalid, expand
+from service.sweeps import count as expanded_size
 
 log = logging.getLogger("optimlab.api")
 
@@ -239,6 +253,147 @@ def _routes(settings: Settings) -> Any:
         session.commit()
         return JobOut.of(job, utcnow())
 
+    @v1.post("/sweeps", status_code=201, tags=["sweeps"], response_model=SweepOut)
+    def create_sweep(
+        body: SweepCreate,
+        request: Request,
+        response: Response,
+        session: SessionDep,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> SweepOut:
+        """Expand a base spec and a search (grid, random, seeds) into jobs. Every expansion is
+        validated first: one invalid combination rejects the sweep (422, naming it) and nothing
+        is created. The jobs are created in one transaction and enqueued after it commits."""
+        total = expanded_size(body)
+        if total > settings.max_sweep_jobs:
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("body", "search"),
+                        "msg": f"the sweep expands to {total} jobs; this server's cap is {settings.max_sweep_jobs}",
+                        "type": "resource_cap",
+                    }
+                ]
+            )
+        try:
+            trials = expand(body)
+        except SweepInvalid as exc:
+            return _invalid_combinations(exc.problems)  # type: ignore[return-value]
+        capped = [
+            {
+                "combination": encode(t.config | {"seed": t.seed}),
+                "errors": [{"field": ".".join(("spec", *loc)), "msg": m}],
+            }
+            for t in trials
+            for loc, m in _cap_problems(t.spec, settings)
+        ]
+        if capped:
+            return _invalid_combinations(capped[:10])  # type: ignore[return-value]
+        sweep, created = sweep_ops.create_sweep(
+            session,
+            body,
+            trials,
+            queue_for=lambda device: broker.queue_for(device, settings),
+            idempotency_key=idempotency_key,
+        )
+        session.commit()
+        if not created:
+            response.status_code = 200
+            return _sweep_out(session, sweep)
+        jobs = sweep_ops.job_ids(session, sweep.id)
+        for index, (job_id, queue) in enumerate(jobs):
+            try:
+                broker.enqueue(request.app.state.celery, job_id, queue)
+            except Exception as exc:
+                if index == 0:  # nothing sent yet: undo, so a retry starts clean
+                    log.warning("enqueue of sweep %s failed: %s; removing it", sweep.id, exc)
+                    session.delete(sweep)
+                    session.commit()
+                    raise ServiceUnavailable("The broker is unreachable; the sweep was not created.") from exc
+                log.warning("enqueue failed after %s of %s jobs: %s; the reaper sends the rest", index, len(jobs), exc)
+                for unsent, _ in jobs[index:]:
+                    job_ops.mark_unsent(session, unsent)
+                session.commit()
+                break
+        return _sweep_out(session, sweep)
+
+    @v1.get("/sweeps", tags=["sweeps"])
+    def list_sweeps(
+        session: SessionDep,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> SweepPage:
+        """Sweeps, newest first."""
+        before = None
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise InvalidRequest("cursor: not a cursor from this list")
+            before = int(cursor)
+        sweeps = sweep_ops.list_sweeps(session, limit=limit + 1, before_id=before)
+        page = [_sweep_out(session, sweep) for sweep in sweeps[:limit]]
+        return SweepPage(items=page, next_cursor=str(sweeps[limit - 1].id) if len(sweeps) > limit else None)
+
+    @v1.get("/sweeps/{sweep_id}", tags=["sweeps"])
+    def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+        """Counts per status and the best configuration so far."""
+        return _sweep_out(session, sweep_ops.get_sweep(session, sweep_id))
+
+    @v1.post("/sweeps/{sweep_id}/cancel", tags=["sweeps"])
+    def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+        """Queued jobs never run; running ones stop at their next epoch boundary."""
+        sweep_ops.cancel_sweep(session, sweep_id)
+        session.commit()
+        return _sweep_out(session, sweep_ops.get_sweep(session, sweep_id))
+
+    @v1.get("/sweeps/{sweep_id}/leaderboard", tags=["sweeps"])
+    def leaderboard(
+        sweep_id: int,
+        session: SessionDep,
+        metric: Annotated[str, Query(pattern="^(train_loss|val_loss|val_accuracy)$")] = "val_loss",
+        mode: Annotated[str | None, Query(pattern="^(min|max)$", description="Default: min for losses")] = None,
+        which: Annotated[str, Query(pattern="^(best|final)$", description="Best epoch's value or final")] = "best",
+    ) -> Leaderboard:
+        """Configurations ranked by the mean of the metric over seeds, with std, 95% CI, min,
+        max, diverged count and mean wall time; computed in SQL from the jobs' summaries."""
+        query = sweep_ops.LeaderboardQuery(metric=metric, mode=mode, which=which)
+        rows = sweep_ops.leaderboard(session, sweep_id, query)
+        return Leaderboard(
+            sweep_id=sweep_id,
+            metric=metric,
+            mode=query.resolved_mode(),
+            which=which,
+            rows=rows,  # type: ignore[arg-type]
+        )
+
+    @v1.get(
+        "/sweeps/{sweep_id}/metrics",
+        tags=["sweeps"],
+        responses={200: {"content": {"text/csv": {}}, "description": "Columnar JSON, or CSV with ?format=csv"}},
+    )
+    def sweep_metrics(
+        sweep_id: int,
+        session: SessionDep,
+        columns: Annotated[str, Query(description="Comma-separated metric columns")] = "train_loss,val_loss",
+        format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+    ) -> Response:
+        """Every job's per-epoch rows in one response. JSON is columnar ({"data": {column: [...]}})
+        with a `jobs` list (config, seed, status) to label the curves."""
+        wanted = [c.strip() for c in columns.split(",") if c.strip()]
+        names, rows = sweep_ops.sweep_metrics(session, sweep_id, wanted)
+        if format == "csv":
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(names)
+            writer.writerows(rows)
+            return Response(out.getvalue(), media_type="text/csv")
+        data = (
+            dict(zip(names, (list(col) for col in zip(*rows, strict=True)), strict=True))
+            if rows
+            else {name: [] for name in names}
+        )
+        body = {"sweep_id": sweep_id, "columns": names, "data": data, "jobs": sweep_ops.sweep_jobs(session, sweep_id)}
+        return JSONResponse(body)
+
     @v1.get("/catalog", tags=["catalog"])
     def get_catalog() -> dict[str, list[dict[str, Any]]]:
         """Models, datasets, losses, optimizers and schedulers, each with its params' JSON schema."""
@@ -249,6 +404,43 @@ def _routes(settings: Settings) -> Any:
 
 
 _STATUSES = {"queued", "running", "succeeded", "failed", "diverged", "cancelled"}
+
+
+def _sweep_out(session: Session, sweep: Sweep) -> SweepOut:
+    counts = sweep_ops.status_counts(session, sweep.id)
+    best = None
+    for metric in ("val_loss", "train_loss"):
+        board = sweep_ops.leaderboard(session, sweep.id, sweep_ops.LeaderboardQuery(metric=metric))
+        if board and board[0]["mean"] is not None:
+            best = LeaderboardRow(**board[0])
+            break
+    return SweepOut(
+        id=sweep.id,
+        name=sweep.name,
+        created_at=sweep.created_at,
+        n_jobs=sweep.n_jobs,
+        counts=counts,
+        done=counts["queued"] + counts["running"] == 0,
+        best=best,
+        template=sweep.template,
+        search=sweep.search,
+    )
+
+
+def _invalid_combinations(problems: list[dict[str, Any]]) -> JSONResponse:
+    """422 naming each failing combination (up to 10) and its fields; nothing was created."""
+    detail = [
+        {
+            "loc": ["body", "search"],
+            "field": error["field"],
+            "combination": problem["combination"],
+            "msg": f"combination {json.dumps(problem['combination'], sort_keys=True)}: {error['field']}: {error['msg']}",
+            "type": "invalid_combination",
+        }
+        for problem in problems
+        for error in problem["errors"]
+    ]
+    return JSONResponse({"error": "invalid_request", "detail": detail}, status_code=422)
 
 
 def _catalog_once() -> Any:
@@ -265,8 +457,8 @@ def _catalog_once() -> Any:
 _CATALOG = _catalog_once()
 
 
-def _check_caps(spec: JobSpec, settings: Settings) -> None:
-    """The server's resource caps, reported like any other field error."""
+def _cap_problems(spec: JobSpec, settings: Settings) -> list[tuple[tuple[str, ...], str]]:
+    """The server's resource caps, as (location, message) pairs like any other field error."""
     problems: list[tuple[tuple[str, ...], str]] = []
     if spec.epochs > settings.max_epochs:
         problems.append((("epochs",), f"{spec.epochs} exceeds this server's cap of {settings.max_epochs}"))
@@ -282,6 +474,11 @@ def _check_caps(spec: JobSpec, settings: Settings) -> None:
     if widest > settings.max_model_width:
         msg = f"width {widest} exceeds this server's cap of {settings.max_model_width}"
         problems.append((("model", "params"), msg))
+    return problems
+
+
+def _check_caps(spec: JobSpec, settings: Settings) -> None:
+    problems = _cap_problems(spec, settings)
     if problems:
         raise RequestValidationError(
             [{"loc": ("body", "spec", *loc), "msg": msg, "type": "resource_cap"} for loc, msg in problems]

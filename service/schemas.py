@@ -39,6 +39,10 @@ class JobSummary(BaseModel):
     final_val_accuracy: float | None
     best_loss: float | None = Field(description="Best monitored loss (validation loss when there is a validation set).")
     best_epoch: int | None
+    best_train_loss: float | None
+    best_val_loss: float | None
+    best_val_accuracy: float | None
+    wall_seconds: float | None
     diverged_epoch: int | None
     resumed_from_epoch: int | None = Field(description="Epoch restored from a checkpoint on the latest attempt.")
 
@@ -46,6 +50,7 @@ class JobSummary(BaseModel):
 class JobOut(BaseModel):
     id: int
     sweep_id: int | None
+    config: dict[str, Any] | None = Field(description="A sweep job's searched values (seed excluded).")
     name: str | None
     status: str
     tags: list[str]
@@ -73,6 +78,7 @@ class JobOut(BaseModel):
         return cls(
             id=job.id,
             sweep_id=job.sweep_id,
+            config=job.config,
             name=job.name,
             status=job.status,
             tags=[t.tag for t in job.tags],
@@ -93,6 +99,10 @@ class JobOut(BaseModel):
                 final_val_accuracy=job.final_val_accuracy,
                 best_loss=job.best_loss,
                 best_epoch=job.best_epoch,
+                best_train_loss=job.best_train_loss,
+                best_val_loss=job.best_val_loss,
+                best_val_accuracy=job.best_val_accuracy,
+                wall_seconds=job.wall_seconds,
                 diverged_epoch=job.diverged_epoch,
                 resumed_from_epoch=job.resumed_from_epoch,
             ),
@@ -132,3 +142,46 @@ class JobMetrics(BaseModel):
 class ErrorOut(BaseModel):
     error: str
     detail: Any
+
+
+class LeaderboardRow(BaseModel):
+    rank: int
+    config: dict[str, Any] = Field(description="The searched values this row's jobs share (seed excluded).")
+    config_hash: str | None
+    jobs: int
+    n: int = Field(description="Succeeded jobs with a value: the statistics are over these.")
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation (n - 1).")
+    ci95_low: float | None = Field(description="95% confidence interval of the mean, Student t with n - 1 df.")
+    ci95_high: float | None
+    min: float | None
+    max: float | None
+    diverged: int
+    failed: int
+    pending: int
+    mean_wall_seconds: float | None
+
+
+class Leaderboard(BaseModel):
+    sweep_id: int
+    metric: str
+    mode: str
+    which: str
+    rows: list[LeaderboardRow]
+
+
+class SweepOut(BaseModel):
+    id: int
+    name: str | None
+    created_at: dt.datetime
+    n_jobs: int
+    counts: dict[str, int] = Field(description="Jobs per status.")
+    done: bool = Field(description="No job is queued or running.")
+    best: LeaderboardRow | None = Field(description="The leaderboard's top configuration (val_loss, else train_loss).")
+    template: dict[str, Any]
+    search: dict[str, Any]
+
+
+class SweepPage(BaseModel):
+    items: list[SweepOut]
+    next_cursor: str | None

@@ -52,6 +52,7 @@ class Settings(EngineSettings):
     max_batch_size: int = Field(default=65_536, ge=1)
     max_samples: int = Field(default=5_000_000, ge=1, description="Cap on a synthetic dataset's n_samples.")
     max_model_width: int = Field(default=16_384, ge=1, description="Cap on an MLP's width / a CNN's channels.")
+    max_sweep_jobs: int = Field(default=1_000, ge=1, description="Cap on the jobs one sweep expands to.")
 
     # Reliability: the database is the record, the broker only delivers.
     heartbeat_interval_s: float = Field(

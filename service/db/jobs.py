@@ -37,6 +37,8 @@ def create_job(
     name: str | None = None,
     idempotency_key: str | None = None,
     sweep_id: int | None = None,
+    config: Mapping[str, Any] | None = None,
+    config_hash: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job and flush it; returns ``(job, created)``.
 
@@ -50,6 +52,8 @@ def create_job(
     now = utcnow()
     job = Job(
         sweep_id=sweep_id,
+        config=dict(config) if config is not None else None,
+        config_hash=config_hash,
         name=name,
         spec=dict(spec),
         spec_hash=spec_hash,
@@ -271,6 +275,13 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+BEST_OF = (
+    ("train_loss", Job.best_train_loss, min),
+    ("val_loss", Job.best_val_loss, min),
+    ("val_accuracy", Job.best_val_accuracy, max),
+)
+
+
 def record_epochs(
     session: Session, job_id: int, attempt: int, rows: Sequence[Mapping[str, Any]], *, device: str | None = None
 ) -> Ownership:
@@ -283,7 +294,7 @@ def record_epochs(
     if not rows and device is None:
         return heartbeat(session, job_id, attempt)
     now = utcnow()
-    cleaned = []
+    cleaned: list[dict[str, Any]] = []
     best: tuple[float, int] | None = None
     for metrics in sorted(rows, key=lambda m: int(m["epoch"])):
         values = {name: _finite(metrics.get(name)) for name in METRIC_COLUMNS}
@@ -305,6 +316,12 @@ def record_epochs(
         improves = or_(Job.best_loss.is_(None), Job.best_loss > best[0])
         summary["best_loss"] = case((improves, best[0]), else_=Job.best_loss)
         summary["best_epoch"] = case((improves, best[1]), else_=Job.best_epoch)
+    for name, column, pick in BEST_OF:
+        seen: list[float] = [row[name] for row in cleaned if row[name] is not None]
+        if seen:
+            value = pick(seen)
+            better = column > value if pick is min else column < value
+            summary[column.key] = case((or_(column.is_(None), better), value), else_=column)
     row = session.execute(
         update(Job).where(_owned(job_id, attempt)).values(**summary).returning(Job.cancel_requested)
     ).first()
@@ -350,8 +367,13 @@ def finish(
         values["diverged_epoch"] = diverged_epoch
     if resumed_from_epoch is not None:
         values["resumed_from_epoch"] = resumed_from_epoch
-    result = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    row = session.execute(update(Job).where(_owned(job_id, attempt)).values(**values).returning(Job.started_at)).first()
+    if row is None:
+        return False
+    if row.started_at is not None:
+        wall = (values["finished_at"] - row.started_at).total_seconds()
+        session.execute(update(Job).where(Job.id == job_id).values(wall_seconds=wall))
+    return True
 
 
 # --- metrics ---------------------------------------------------------------------------------

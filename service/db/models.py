@@ -82,6 +82,8 @@ class Sweep(Base):
     template: Mapped[dict[str, Any]]
     search: Mapped[dict[str, Any]]
     created_at: Mapped[dt.datetime]
+    n_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
 
 
 class Job(Base):
@@ -98,10 +100,15 @@ class Job(Base):
         Index("ix_jobs_final_val_loss", "final_val_loss", "id"),
         Index("ix_jobs_final_train_loss", "final_train_loss", "id"),
         Index("ix_jobs_final_val_accuracy", "final_val_accuracy", "id"),
+        Index("ix_jobs_sweep_config", "sweep_id", "config_hash"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    # A sweep's configuration: the searched values (seed excluded) and a hash of the spec without
+    # its seed, so jobs that differ only in seed group together in the leaderboard.
+    config: Mapped[dict[str, Any] | None]
+    config_hash: Mapped[str | None] = mapped_column(String(64))
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64))
@@ -129,6 +136,10 @@ class Job(Base):
     final_val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_loss: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
+    best_train_loss: Mapped[float | None] = mapped_column(Float)
+    best_val_loss: Mapped[float | None] = mapped_column(Float)
+    best_val_accuracy: Mapped[float | None] = mapped_column(Float)
+    wall_seconds: Mapped[float | None] = mapped_column(Float)
     diverged_epoch: Mapped[int | None] = mapped_column(Integer)
     resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
 

@@ -1,0 +1,244 @@
+"""Sweep operations: atomic creation of a sweep's jobs, status counts, cancellation, and the
+leaderboard and bulk curves computed in SQL."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from optim_engine.spec import variant_names
+from service.db.models import METRIC_COLUMNS, EpochMetric, Job, JobStatus, JobTag, Sweep
+from service.db.session import utcnow
+from service.errors import IdempotencyConflict, InvalidRequest, OptimlabError
+from service.spec_codec import encode, stored_spec
+from service.sweeps import SweepCreate, Trial
+
+
+class SweepNotFound(OptimlabError):
+    code = "sweep_not_found"
+    status_code = 404
+
+    def __init__(self, sweep_id: int) -> None:
+        super().__init__(f"No sweep with id {sweep_id}")
+
+
+def create_sweep(
+    session: Session,
+    request: SweepCreate,
+    trials: Sequence[Trial],
+    *,
+    queue_for: Callable[[str], str],
+    idempotency_key: str | None = None,
+) -> tuple[Sweep, bool]:
+    """Insert the sweep and all its jobs in the session's transaction; ``(sweep, created)``."""
+    if idempotency_key is not None:
+        existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).one_or_none()
+        if existing is not None:
+            if existing.template != encode(request.base) or existing.search != request.search_definition():
+                raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for sweep {existing.id}")
+            return existing, False
+    now = utcnow()
+    sweep = Sweep(
+        name=request.name,
+        template=encode(request.base),
+        search=request.search_definition(),
+        created_at=now,
+        n_jobs=len(trials),
+        idempotency_key=idempotency_key,
+    )
+    try:
+        with session.begin_nested():
+            session.add(sweep)
+            session.flush()
+    except IntegrityError:  # a concurrent POST with the same key won
+        return create_sweep(session, request, trials, queue_for=queue_for, idempotency_key=idempotency_key)
+    rows = [
+        {
+            "sweep_id": sweep.id,
+            "config": encode(trial.config),
+            "config_hash": trial.config_hash,
+            "name": request.name,
+            "spec": stored_spec(trial.spec),
+            "spec_hash": trial.spec.spec_hash(),
+            "optimizer": variant_names(type(trial.spec.optimizer))[0],
+            "queue": queue_for(trial.spec.device),
+            "status": JobStatus.queued,
+            "attempt": 0,
+            "cancel_requested": False,
+            "created_at": now,
+            "enqueued_at": now,
+            "epochs_done": 0,
+        }
+        for trial in trials
+    ]
+    session.execute(insert(Job), rows)  # one executemany, not a flush per job
+    if request.tags:
+        ids = session.scalars(select(Job.id).where(Job.sweep_id == sweep.id)).all()
+        session.execute(insert(JobTag), [{"job_id": i, "tag": t} for i in ids for t in dict.fromkeys(request.tags)])
+    return sweep, True
+
+
+def get_sweep(session: Session, sweep_id: int) -> Sweep:
+    sweep = session.get(Sweep, sweep_id)
+    if sweep is None:
+        raise SweepNotFound(sweep_id)
+    return sweep
+
+
+def list_sweeps(session: Session, *, limit: int, before_id: int | None) -> list[Sweep]:
+    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(Sweep.id < before_id)
+    return list(session.scalars(query))
+
+
+def job_ids(session: Session, sweep_id: int) -> list[tuple[int, str]]:
+    return [(r.id, r.queue) for r in session.execute(select(Job.id, Job.queue).where(Job.sweep_id == sweep_id))]
+
+
+def status_counts(session: Session, sweep_id: int) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).where(Job.sweep_id == sweep_id).group_by(Job.status)).all()
+    counts = {status.value: 0 for status in JobStatus}
+    counts.update({status: n for status, n in rows})
+    return counts
+
+
+def cancel_sweep(session: Session, sweep_id: int) -> None:
+    """Cancel the sweep's queued jobs outright and flag its running ones; finished jobs stay."""
+    get_sweep(session, sweep_id)
+    session.execute(
+        update(Job)
+        .where(Job.sweep_id == sweep_id, Job.status == JobStatus.queued)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow())
+    )
+    session.execute(
+        update(Job).where(Job.sweep_id == sweep_id, Job.status == JobStatus.running).values(cancel_requested=True)
+    )
+
+
+# --- the leaderboard ---------------------------------------------------------------------------
+
+METRICS = {"train_loss": "min", "val_loss": "min", "val_accuracy": "max"}
+
+
+@dataclass(frozen=True)
+class LeaderboardQuery:
+    metric: str = "val_loss"
+    mode: str | None = None  # default: min for losses, max for accuracy
+    which: str = "best"  # best epoch's value or final epoch's
+
+    def resolved_mode(self) -> str:
+        return self.mode or METRICS[self.metric]
+
+
+def leaderboard(session: Session, sweep_id: int, query: LeaderboardQuery) -> list[dict[str, Any]]:
+    """One row per configuration (jobs that differ only in seed), ranked by the mean.
+
+    The statistics over succeeded jobs come from one GROUP BY over the jobs' summary columns
+    (best_* / final_*, kept current by the workers), never from loading epoch rows.
+    """
+    get_sweep(session, sweep_id)
+    if query.metric not in METRICS:
+        raise InvalidRequest(f"metric: use one of {sorted(METRICS)}")
+    column = getattr(Job, f"{query.which}_{query.metric}")
+    value = case((Job.status == JobStatus.succeeded, column))
+    status = Job.status
+    rows = session.execute(
+        select(
+            Job.config_hash,
+            func.min(Job.id).label("first_job"),
+            func.count().label("jobs"),
+            func.count(value).label("n"),
+            func.avg(value).label("mean"),
+            func.sum(value * value).label("sum_sq"),
+            func.min(value).label("min"),
+            func.max(value).label("max"),
+            func.sum(case((status == JobStatus.diverged, 1), else_=0)).label("diverged"),
+            func.sum(case((status == JobStatus.failed, 1), else_=0)).label("failed"),
+            func.sum(case((status.in_([JobStatus.queued, JobStatus.running]), 1), else_=0)).label("pending"),
+            func.avg(case((status == JobStatus.succeeded, Job.wall_seconds))).label("mean_wall_seconds"),
+        )
+        .where(Job.sweep_id == sweep_id)
+        .group_by(Job.config_hash)
+    ).all()
+    configs: dict[int, dict[str, Any]] = dict(
+        session.execute(select(Job.id, Job.config).where(Job.id.in_([r.first_job for r in rows]))).tuples().all()
+    )
+    board = [_statistics(row, configs.get(row.first_job) or {}) for row in rows]
+    descending = query.resolved_mode() == "max"
+    board.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0) if descending else (r["mean"] or 0)))
+    for rank, row in enumerate(board, start=1):
+        row["rank"] = rank
+    return board
+
+
+def _statistics(row: Any, config: dict[str, Any]) -> dict[str, Any]:
+    n, mean = int(row.n), row.mean
+    std = ci = None
+    if n >= 2 and mean is not None:
+        variance = max((float(row.sum_sq) - n * float(mean) ** 2) / (n - 1), 0.0)
+        std = math.sqrt(variance)
+        ci = student_t_975(n - 1) * std / math.sqrt(n)
+    return {
+        "config": config,
+        "config_hash": row.config_hash,
+        "jobs": int(row.jobs),
+        "n": n,
+        "mean": float(mean) if mean is not None else None,
+        "std": std,
+        "ci95_low": float(mean) - ci if ci is not None else None,
+        "ci95_high": float(mean) + ci if ci is not None else None,
+        "min": row.min,
+        "max": row.max,
+        "diverged": int(row.diverged or 0),
+        "failed": int(row.failed or 0),
+        "pending": int(row.pending or 0),
+        "mean_wall_seconds": float(row.mean_wall_seconds) if row.mean_wall_seconds is not None else None,
+    }
+
+
+@lru_cache(maxsize=1024)
+def student_t_975(df: int) -> float:
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (two-sided 95% CI)."""
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+# --- curves in bulk ----------------------------------------------------------------------------
+
+
+def sweep_metrics(session: Session, sweep_id: int, columns: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Every epoch row of every job in the sweep, ordered by job and epoch, as plain tuples."""
+    get_sweep(session, sweep_id)
+    bad = [c for c in columns if c not in METRIC_COLUMNS]
+    if bad:
+        raise InvalidRequest(f"columns: unknown {bad}; use {list(METRIC_COLUMNS)}")
+    names = ["job_id", "epoch", *columns]
+    query = (
+        select(EpochMetric.job_id, EpochMetric.epoch, *(getattr(EpochMetric, c) for c in columns))
+        .join(Job, Job.id == EpochMetric.job_id)
+        .where(Job.sweep_id == sweep_id)
+        .order_by(EpochMetric.job_id, EpochMetric.epoch)
+    )
+    return names, [tuple(row) for row in session.execute(query)]
+
+
+def sweep_jobs(session: Session, sweep_id: int) -> list[dict[str, Any]]:
+    """Each job's id, configuration hash, seed-bearing config and status (for labelling curves)."""
+    rows = session.execute(
+        select(Job.id, Job.config_hash, Job.config, Job.status, Job.spec["seed"].label("seed"))
+        .where(Job.sweep_id == sweep_id)
+        .order_by(Job.id)
+    )
+    return [
+        {"job_id": r.id, "config_hash": r.config_hash, "config": r.config, "status": r.status, "seed": r.seed}
+        for r in rows
+    ]
