@@ -168,9 +168,8 @@ def leaderboard(session: Session, sweep_id: int, query: LeaderboardQuery) -> lis
         .where(Job.sweep_id == sweep_id)
         .group_by(Job.config_hash)
     ).all()
-    configs: dict[int, dict[str, Any]] = dict(
-        session.execute(select(Job.id, Job.config).where(Job.id.in_([r.first_job for r in rows]))).tuples().all()
-    )
+    first_jobs = session.execute(select(Job.id, Job.config).where(Job.id.in_([r.first_job for r in rows])))
+    configs: dict[int, dict[str, Any]] = {job_id: config for job_id, config in first_jobs}
     board = [_statistics(row, configs.get(row.first_job) or {}) for row in rows]
     descending = query.resolved_mode() == "max"
     board.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0) if descending else (r["mean"] or 0)))
