@@ -1,0 +1,392 @@
+"""The Python client: submit jobs and sweeps, wait for them, read results as DataFrames.
+
+    from service.client import Client
+
+    with Client("http://127.0.0.1:8000") as client:
+        sweep = client.sweep(base, grid={"optimizer.lr": [0.1, 0.01]}, seeds=[0, 1, 2])
+        client.wait(sweep)
+        print(client.leaderboard(sweep))
+
+Built on httpx; imports no torch. Connection errors and 503s are retried with exponential
+backoff, and every POST carries an Idempotency-Key, so a retry never creates a second job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled"})
+
+
+class OptimlabError(Exception):
+    """An error answer from the server, with its status code, error code and detail."""
+
+    def __init__(self, status_code: int, error: str, detail: Any) -> None:
+        self.status_code, self.error, self.detail = status_code, error, detail
+        super().__init__(f"{status_code} {error}: {_describe(detail)}")
+
+
+class NotFound(OptimlabError):
+    pass
+
+
+class Conflict(OptimlabError):
+    pass
+
+
+class InvalidRequest(OptimlabError):
+    pass
+
+
+class Unauthorized(OptimlabError):
+    pass
+
+
+class Unavailable(OptimlabError):
+    """The server, its database or its broker could not be reached (after retries)."""
+
+
+_ERRORS: dict[int, type[OptimlabError]] = {
+    401: Unauthorized,
+    404: NotFound,
+    409: Conflict,
+    422: InvalidRequest,
+    503: Unavailable,
+}
+
+
+def _describe(detail: Any) -> str:
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{d.get('field') or 'body'}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail
+        )
+    return str(detail)
+
+
+class Client:
+    """A connection to an optimlab server.
+
+    Args:
+        url: the server (default ``OPTIMLAB_URL``, else http://127.0.0.1:8000).
+        api_key: bearer key (default ``OPTIMLAB_API_KEY``).
+        timeout: seconds per request.
+        retries: attempts after the first on connection errors and 503s.
+        backoff: first retry delay in seconds; doubles each time.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 5,
+        backoff: float = 0.25,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        key = api_key if api_key is not None else os.environ.get("OPTIMLAB_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.url = url or os.environ.get("OPTIMLAB_URL") or DEFAULT_URL
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
+        self._retries, self._backoff = retries, backoff
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- transport ---------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self._retries + 1):
+            last = attempt == self._retries
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise Unavailable(0, "unreachable", f"{self.url}: {exc}") from exc
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code != 503 or last:
+                    raise _error(response)
+            time.sleep(self._backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    def _post(self, path: str, body: Any = None) -> Any:
+        # One key for every retry of this call: the server returns the first result.
+        return self._json("POST", path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def submit(self, spec: Mapping[str, Any], *, tags: Iterable[str] = (), name: str | None = None) -> dict[str, Any]:
+        """Queue one job; returns it (``id``, ``status``, ...)."""
+        return dict(self._post("/v1/jobs", {"spec": dict(spec), "tags": list(tags), "name": name}))
+
+    def job(self, job: int | Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._json("GET", f"/v1/jobs/{_id(job)}"))
+
+    def jobs(self, *, limit: int = 100, **filters: Any) -> list[dict[str, Any]]:
+        """Jobs matching ``status``, ``sweep_id``, ``optimizer``, ``tag`` and ``sort``, up to ``limit``."""
+        items: list[dict[str, Any]] = []
+        params = {k: v for k, v in filters.items() if v is not None}
+        cursor = None
+        while len(items) < limit:
+            page = self._json(
+                "GET", "/v1/jobs", params=params | {"limit": min(limit - len(items), 500), "cursor": cursor}
+            )
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return items
+
+    def cancel(self, job: int | Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._json("POST", f"/v1/jobs/{_id(job)}/cancel"))
+
+    def metrics(self, job: int | Mapping[str, Any]) -> pd.DataFrame:
+        """One row per epoch: epoch, train_loss, val_loss, val_accuracy, lr, grad_norm, ..."""
+        import pandas as pd
+
+        rows = self._json("GET", f"/v1/jobs/{_id(job)}/metrics")["rows"]
+        frame = pd.DataFrame(rows)
+        return frame if not frame.empty else pd.DataFrame(columns=["epoch"])
+
+    def catalog(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/v1/catalog"))
+
+    # --- sweeps ------------------------------------------------------------------------------
+
+    def sweep(
+        self,
+        base: Mapping[str, Any],
+        *,
+        grid: Mapping[str, list[Any]] | list[Mapping[str, list[Any]]] | None = None,
+        random: Mapping[str, Any] | None = None,
+        seeds: Iterable[int] | None = None,
+        name: str | None = None,
+        tags: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """Create a sweep: ``grid`` maps dotted spec paths to values; ``random`` is
+        ``{"n": 20, "seed": 0, "params": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}}``;
+        every configuration runs once per seed."""
+        body = {
+            "name": name,
+            "base": dict(base),
+            "grid": grid,
+            "random": random,
+            "seeds": list(seeds) if seeds is not None else None,
+            "tags": list(tags),
+        }
+        return dict(self._post("/v1/sweeps", body))
+
+    def get_sweep(self, sweep: int | Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._json("GET", f"/v1/sweeps/{_id(sweep)}"))
+
+    def cancel_sweep(self, sweep: int | Mapping[str, Any]) -> dict[str, Any]:
+        return dict(self._json("POST", f"/v1/sweeps/{_id(sweep)}/cancel"))
+
+    def leaderboard(
+        self, sweep: int | Mapping[str, Any], *, metric: str = "val_loss", mode: str | None = None, which: str = "best"
+    ) -> pd.DataFrame:
+        """One row per configuration, best first: ``configuration`` (a label), the searched
+        values as columns, n, mean, std, ci95_low, ci95_high, min, max, diverged, ..."""
+        import pandas as pd
+
+        params = {"metric": metric, "which": which} | ({"mode": mode} if mode else {})
+        rows = self._json("GET", f"/v1/sweeps/{_id(sweep)}/leaderboard", params=params)["rows"]
+        records = []
+        for row in rows:
+            flat = flatten(row.pop("config"))
+            records.append({"rank": row.pop("rank"), "configuration": label(flat), **flat, **row})
+        return pd.DataFrame(records)
+
+    def sweep_metrics(
+        self, sweep: int | Mapping[str, Any], *, columns: Iterable[str] = ("train_loss", "val_loss")
+    ) -> pd.DataFrame:
+        """Every job's per-epoch rows: job_id, epoch, the columns, plus configuration, seed, status."""
+        import pandas as pd
+
+        body = self._json("GET", f"/v1/sweeps/{_id(sweep)}/metrics", params={"columns": ",".join(columns)})
+        frame = pd.DataFrame(body["data"], columns=body["columns"])
+        jobs = pd.DataFrame(
+            [
+                {
+                    "job_id": j["job_id"],
+                    "configuration": label(flatten(j["config"] or {})),
+                    "seed": j["seed"],
+                    "status": j["status"],
+                }
+                for j in body["jobs"]
+            ],
+            columns=["job_id", "configuration", "seed", "status"],
+        )
+        return frame.merge(jobs, on="job_id", how="left")
+
+    # --- waiting -----------------------------------------------------------------------------
+
+    def wait(
+        self,
+        target: int | Mapping[str, Any],
+        *,
+        progress: bool = True,
+        poll: float = 1.0,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Block until a job (an id or a job dict) or a sweep (a sweep dict) is finished; with
+        ``progress``, a bar shows jobs done / total (epochs for one job) and the current best."""
+        is_sweep = isinstance(target, Mapping) and "n_jobs" in target
+        fetch = self.get_sweep if is_sweep else self.job
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _Progress(progress)
+        try:
+            while True:
+                state = fetch(target)
+                done, total, text = _progress_of(state, is_sweep)
+                bar.update(done, total, text)
+                if state.get("done") if is_sweep else state["status"] in TERMINAL:
+                    return state
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"{'sweep' if is_sweep else 'job'} {_id(target)} not finished after {timeout} s")
+                time.sleep(poll)
+        finally:
+            bar.close()
+
+    # --- plots -------------------------------------------------------------------------------
+
+    def plot_curves(
+        self,
+        sweep: int | Mapping[str, Any],
+        path: str | Path = "curves.png",
+        *,
+        metric: str = "val_loss",
+        title: str | None = None,
+        log_scale: bool = True,
+    ) -> Path:
+        """Draw the metric per epoch for each configuration (mean over seeds, band from min to
+        max) and save a PNG. Needs matplotlib (``pip install 'optimlab[plot]'``)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        frame = self.sweep_metrics(sweep, columns=[metric])
+        fig, ax = plt.subplots(figsize=(9, 5.5))
+        for configuration, group in frame.groupby("configuration", sort=True):
+            curve = group.groupby("epoch")[metric].agg(["mean", "min", "max"])
+            (line,) = ax.plot(curve.index, curve["mean"], label=str(configuration), linewidth=1.6)
+            ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        if log_scale:
+            ax.set_yscale("log")
+        ax.set_title(title or f"sweep {_id(sweep)}: {metric} (mean over seeds, band = min..max)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
+
+
+def _error(response: httpx.Response) -> OptimlabError:
+    try:
+        body = response.json()
+        error, detail = body.get("error", "error"), body.get("detail", body)
+    except (json.JSONDecodeError, AttributeError):
+        error, detail = "error", response.text
+    return _ERRORS.get(response.status_code, OptimlabError)(response.status_code, error, detail)
+
+
+def _id(target: int | Mapping[str, Any]) -> int:
+    return int(target["id"]) if isinstance(target, Mapping) else int(target)
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optimizer": {"name": "sgd", "lr": 0.1}} → {"optimizer.name": "sgd", "optimizer.lr": 0.1}."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat |= flatten(value, f"{path}.")
+        else:
+            flat[path] = value
+    return flat
+
+
+def label(flat: Mapping[str, Any]) -> str:
+    """A short, stable name for a configuration, grouped by the spec's top-level key:
+    ``sgd lr=0.01 momentum=0.9 | step_lr step_size=10 gamma=0.1``, ``lr=0.1``, ``scheduler=none``."""
+    if not flat:
+        return "base"
+    groups: dict[str, list[str]] = {}
+    for path, value in flat.items():
+        top, _, rest = path.partition(".")
+        parts = groups.setdefault(top, [])
+        leaf = rest.rsplit(".", 1)[-1] if rest else top
+        if value is None:
+            parts.append(f"{top}=none")
+        elif leaf == "name" and rest:
+            parts.insert(0, str(value))
+        else:
+            parts.append(f"{leaf}={value}")
+    return " | ".join(" ".join(parts) for parts in groups.values())
+
+
+def _progress_of(state: Mapping[str, Any], is_sweep: bool) -> tuple[int, int, str]:
+    if is_sweep:
+        counts = state["counts"]
+        finished = sum(counts[s] for s in TERMINAL)
+        best = state.get("best")
+        text = f"sweep {state['id']}"
+        if best and best.get("mean") is not None:
+            text += f" · best {best['mean']:.4g} ({label(flatten(best['config']))})"
+        return finished, int(state["n_jobs"]), text
+    summary = state["summary"]
+    return int(summary["epochs_done"]), int(summary["epochs_total"]), f"job {state['id']} {state['status']}"
+
+
+class _Progress:
+    """A rich progress bar, or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._task: Any = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+            )
+            self._bar.start()
+
+    def update(self, done: int, total: int, text: str) -> None:
+        if self._bar is None:
+            return
+        if self._task is None:
+            self._task = self._bar.add_task(text, total=total)
+        self._bar.update(self._task, completed=done, total=total, description=text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
