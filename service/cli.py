@@ -26,7 +26,7 @@ jobs_app = typer.Typer(help="List and inspect jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 240)  # piped output: no wrapping at 80 columns
 
 # Exit codes scripts can rely on.
 EXIT_OK = 0

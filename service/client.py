@@ -151,9 +151,8 @@ class Client:
         params = {k: v for k, v in filters.items() if v is not None}
         cursor = None
         while len(items) < limit:
-            page = self._json(
-                "GET", "/v1/jobs", params=params | {"limit": min(limit - len(items), 500), "cursor": cursor}
-            )
+            page_params = params | {"limit": min(limit - len(items), 500)} | ({"cursor": cursor} if cursor else {})
+            page = self._json("GET", "/v1/jobs", params=page_params)
             items += page["items"]
             cursor = page["next_cursor"]
             if cursor is None:

@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+
+from tests.servers import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +151,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         for log in sorted(item.funcargs["logs"].glob("*.log")):  # type: ignore[attr-defined]
             report.sections.append((f"log {log.name}", log.read_text(errors="replace")[-6000:]))
     return report
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, logs: Path) -> Iterator[tuple[Api, Proc, float]]:
+    """`optimlab up` on a free port, as a user starts it; yields (api, process, seconds to /healthz)."""
+    port = free_port()
+    env = service_env(OPTIMLAB_HOME=str(tmp_path / "home"))
+    started = time.monotonic()
+    proc = Proc(optimlab("up", "--port", str(port), "--workers", "1"), env, logs / "up.log", cwd=tmp_path)
+    api = Api(f"http://127.0.0.1:{port}")
+    wait_for(api.up, 60, "optimlab up to answer /healthz")
+    healthy_after = time.monotonic() - started
+    yield api, proc, healthy_after
+    proc.stop()
+    assert proc.popen.returncode == 0, "optimlab up did not shut down cleanly on SIGTERM"

@@ -5,29 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Api, Proc, assert_every_epoch_once, optimlab, service_env, slow_spec, wait_for
-from tests.servers import free_port
+from tests.integration.conftest import Api, Proc, assert_every_epoch_once, slow_spec, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def embedded(tmp_path: Path, logs: Path) -> Iterator[tuple[Api, Proc, float]]:
-    port = free_port()
-    env = service_env(OPTIMLAB_HOME=str(tmp_path / "home"))
-    started = time.monotonic()
-    proc = Proc(optimlab("up", "--port", str(port), "--workers", "1"), env, logs / "up.log", cwd=tmp_path)
-    api = Api(f"http://127.0.0.1:{port}")
-    wait_for(api.up, 60, "optimlab up to answer /healthz")
-    healthy_after = time.monotonic() - started
-    yield api, proc, healthy_after
-    proc.stop()
-    assert proc.popen.returncode == 0, "optimlab up did not shut down cleanly on SIGTERM"
 
 
 def test_up_serves_and_trains_the_seed_spec(embedded: tuple[Api, Proc, float]) -> None:
