@@ -226,7 +226,7 @@ class Client:
         import pandas as pd
 
         body = self._json("GET", f"/v1/sweeps/{_id(sweep)}/metrics", params={"columns": ",".join(columns)})
-        frame = pd.DataFrame(body["data"], columns=body["columns"])
+        frame = pd.DataFrame(body["rows"], columns=body["columns"])
         jobs = pd.DataFrame(
             [
                 {

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from optim_engine.spec import variant_names
-from service.db.models import METRIC_COLUMNS, EpochMetric, Job, JobStatus, JobTag, Sweep
+from service.db.models import METRIC_COLUMNS, Job, JobStatus, JobTag, Sweep
 from service.db.session import utcnow
 from service.errors import IdempotencyConflict, InvalidRequest, OptimlabError
 from service.spec_codec import encode, stored_spec
@@ -214,20 +214,32 @@ def student_t_975(df: int) -> float:
 # --- curves in bulk ----------------------------------------------------------------------------
 
 
-def sweep_metrics(session: Session, sweep_id: int, columns: Sequence[str]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Every epoch row of every job in the sweep, ordered by job and epoch, as plain tuples."""
+def sweep_metrics(session: Session, sweep_id: int, columns: Sequence[str]) -> tuple[list[str], Sequence[Any]]:
+    """Every epoch row of every job in the sweep, ordered by job and epoch, as plain tuples.
+
+    Read through the driver's cursor: for 50,000 rows SQLAlchemy's result processing costs
+    three times the query itself, and these columns need no conversion.
+    """
     get_sweep(session, sweep_id)
     bad = [c for c in columns if c not in METRIC_COLUMNS]
     if bad:
         raise InvalidRequest(f"columns: unknown {bad}; use {list(METRIC_COLUMNS)}")
     names = ["job_id", "epoch", *columns]
-    query = (
-        select(EpochMetric.job_id, EpochMetric.epoch, *(getattr(EpochMetric, c) for c in columns))
-        .join(Job, Job.id == EpochMetric.job_id)
-        .where(Job.sweep_id == sweep_id)
-        .order_by(EpochMetric.job_id, EpochMetric.epoch)
+    connection = session.connection()
+    mark = "?" if connection.dialect.name == "sqlite" else "%s"
+    # Column names come from the METRIC_COLUMNS allow-list above; the sweep id is a parameter.
+    # IN (subquery) walks epoch_metrics' primary key in order: no sort step.
+    sql = (
+        f"SELECT {', '.join(names)} FROM epoch_metrics "  # noqa: S608
+        f"WHERE job_id IN (SELECT id FROM jobs WHERE sweep_id = {mark}) ORDER BY job_id, epoch"
     )
-    return names, [tuple(row) for row in session.execute(query)]
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(sql, (sweep_id,))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return names, rows
 
 
 def sweep_jobs(session: Session, sweep_id: int) -> list[dict[str, Any]]:

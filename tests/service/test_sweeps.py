@@ -279,10 +279,11 @@ def test_sweep_metrics_in_bulk(client: TestClient, sessions: sessionmaker[Sessio
     sweep_id = _run_sweep(client, sessions, LOSSES)
     body = client.get(f"/v1/sweeps/{sweep_id}/metrics", params={"columns": "train_loss,lr"}).json()
     assert body["columns"] == ["job_id", "epoch", "train_loss", "lr"]
-    assert len(body["data"]["epoch"]) == 18
+    assert len(body["rows"]) == 18
     assert len(body["jobs"]) == 6
     assert {job["seed"] for job in body["jobs"]} == {0, 1, 2}
-    assert body["data"]["train_loss"].count(None) == 1  # the diverged epoch's NaN
+    assert [row[2] for row in body["rows"]].count(None) == 1  # the diverged epoch's NaN
+    assert [row[:2] for row in body["rows"]] == sorted(row[:2] for row in body["rows"])
     text = client.get(f"/v1/sweeps/{sweep_id}/metrics", params={"format": "csv"}).text
     assert len(list(csv.reader(io.StringIO(text)))) == 19
     assert client.get(f"/v1/sweeps/{sweep_id}/metrics", params={"columns": "colour"}).status_code == 422
