@@ -34,6 +34,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("best_val_accuracy", sa.Float(), nullable=True))
         batch_op.add_column(sa.Column("wall_seconds", sa.Float(), nullable=True))
         batch_op.create_index("ix_jobs_sweep_config", ["sweep_id", "config_hash"], unique=False)
+        batch_op.create_index("ix_jobs_finished_at", ["finished_at"], unique=False)
 
     with op.batch_alter_table("sweeps", schema=None) as batch_op:
         batch_op.add_column(sa.Column("n_jobs", sa.Integer(), server_default="0", nullable=False))
@@ -71,6 +72,7 @@ def downgrade() -> None:
         batch_op.drop_column("n_jobs")
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_index("ix_jobs_finished_at")
         batch_op.drop_index("ix_jobs_sweep_config")
         batch_op.drop_column("wall_seconds")
         batch_op.drop_column("best_val_accuracy")

@@ -431,17 +431,17 @@ def requeue_stale_running(session: Session, *, stale_after_s: float) -> list[tup
 
 
 def requeue_stalled_queued(session: Session, *, after_s: float) -> list[tuple[int, str]]:
-    """Re-enqueue jobs queued for longer than ``after_s`` while no worker is busy.
+    """Re-enqueue jobs queued for longer than ``after_s`` while the workers are idle.
 
-    With no live running job, an old queued job means its message was lost, not that it waits
-    behind others; requiring idleness keeps a long backlog from being enqueued again and again.
+    Idle means no job has run or finished for ``after_s``: then an old queued job's message was
+    lost, it is not waiting behind others. A sweep's backlog, with a job finishing every few
+    seconds, is never sent again.
     """
     now = utcnow()
     cutoff = now - dt.timedelta(seconds=after_s)
-    busy = session.scalar(
-        select(func.count()).where(Job.status == JobStatus.running, Job.heartbeat_at >= cutoff).select_from(Job)
-    )
-    if busy:
+    running = select(Job.id).where(Job.status == JobStatus.running, Job.heartbeat_at >= cutoff)
+    finished = select(Job.id).where(Job.finished_at >= cutoff)
+    if session.execute(running.limit(1)).first() or session.execute(finished.limit(1)).first():
         return []
     rows = session.execute(
         select(Job.id, Job.queue).where(Job.status == JobStatus.queued, Job.enqueued_at < cutoff).order_by(Job.id)

@@ -101,6 +101,7 @@ class Job(Base):
         Index("ix_jobs_final_train_loss", "final_train_loss", "id"),
         Index("ix_jobs_final_val_accuracy", "final_val_accuracy", "id"),
         Index("ix_jobs_sweep_config", "sweep_id", "config_hash"),
+        Index("ix_jobs_finished_at", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
