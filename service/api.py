@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import orjson
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -30,7 +30,7 @@ from service.db import jobs as job_ops
 from service.db import sweeps as sweep_ops
 from service.db.models import METRIC_COLUMNS, Sweep
 from service.db.session import make_engine, make_session_factory, utcnow
-from service.errors import InvalidRequest, OptimlabError, ServiceUnavailable
+from service.errors import InvalidRequest, OptimlabError, ServiceUnavailable, Unauthorized
 from service.reaper import Reaper
 from service.schemas import (
     ErrorOut,
@@ -54,7 +54,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorOut, "description": text_}
     for code, text_ in {
         401: "Missing or wrong API key",
-        404: "Unknown job",
+        404: "Unknown job or sweep",
         409: "Illegal state transition or idempotency-key reuse",
         422: "Invalid request; `detail` lists each field",
         503: "Database or broker unavailable",
@@ -116,26 +116,19 @@ def _session(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(_session)]
 
 
-class _Unauthorized(OptimlabError):
-    code = "unauthorized"
-    status_code = 401
-
-
 def _require_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
         return
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.strip(), key) for key in keys):
-        raise _Unauthorized("Send 'Authorization: Bearer <key>' with one of the server's OPTIMLAB_API_KEYS")
+        raise Unauthorized("Send 'Authorization: Bearer <key>' with one of the server's OPTIMLAB_API_KEYS")
 
 
 # --- routes ----------------------------------------------------------------------------------
 
 
-def _routes(settings: Settings) -> Any:
-    from fastapi import APIRouter
-
+def _routes(settings: Settings) -> APIRouter:
     health = APIRouter()
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(_require_key)], responses=ERRORS)
 
@@ -324,14 +317,14 @@ def _routes(settings: Settings) -> Any:
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> SweepPage:
-        """Sweeps, newest first."""
+        """Sweeps, newest first, with their counts (`best` is on GET /v1/sweeps/{id})."""
         before = None
         if cursor is not None:
             if not cursor.isdigit():
                 raise InvalidRequest("cursor: not a cursor from this list")
             before = int(cursor)
         sweeps = sweep_ops.list_sweeps(session, limit=limit + 1, before_id=before)
-        page = [_sweep_out(session, sweep) for sweep in sweeps[:limit]]
+        page = [_sweep_out(session, sweep, with_best=False) for sweep in sweeps[:limit]]
         return SweepPage(items=page, next_cursor=str(sweeps[limit - 1].id) if len(sweeps) > limit else None)
 
     @v1.get("/sweeps/{sweep_id}", tags=["sweeps"])
@@ -403,10 +396,10 @@ def _routes(settings: Settings) -> Any:
 _STATUSES = {"queued", "running", "succeeded", "failed", "diverged", "cancelled"}
 
 
-def _sweep_out(session: Session, sweep: Sweep) -> SweepOut:
+def _sweep_out(session: Session, sweep: Sweep, *, with_best: bool = True) -> SweepOut:
     counts = sweep_ops.status_counts(session, sweep.id)
     best = None
-    for metric in ("val_loss", "train_loss"):
+    for metric in ("val_loss", "train_loss") if with_best else ():
         board = sweep_ops.leaderboard(session, sweep.id, sweep_ops.LeaderboardQuery(metric=metric))
         if board and board[0]["mean"] is not None:
             best = LeaderboardRow(**board[0])

@@ -22,6 +22,11 @@ class JobNotFound(OptimlabError):
         super().__init__(f"No job with id {job_id}")
 
 
+class Unauthorized(OptimlabError):
+    code = "unauthorized"
+    status_code = 401
+
+
 class IllegalTransition(OptimlabError):
     code = "illegal_transition"
     status_code = 409
