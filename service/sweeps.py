@@ -152,11 +152,11 @@ def expand(sweep: SweepCreate, max_problems: int = 10) -> list[Trial]:
     seeds: list[int | None] = list(sweep.seeds) if sweep.seeds else [None]
     for config in configurations(sweep):
         for seed in seeds:
-            spec_dict = apply(sweep.base, config)
-            if seed is not None:
-                spec_dict["seed"] = seed
             combination = config | ({"seed": seed} if seed is not None else {})
             try:
+                spec_dict = apply(sweep.base, config)
+                if seed is not None:
+                    spec_dict["seed"] = seed
                 spec = JobSpec.model_validate(spec_dict)
             except (ValidationError, ValueError, TypeError) as exc:
                 if len(problems) < max_problems:

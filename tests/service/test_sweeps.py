@@ -301,3 +301,12 @@ def test_cancel_a_sweep(client: TestClient, sessions: sessionmaker[Session]) -> 
         1,
     )
     assert client.get(f"/v1/jobs/{jobs[1]['id']}").json()["cancel_requested"] is True
+
+
+def test_a_path_through_a_value_that_is_not_an_object_is_a_named_problem() -> None:
+    with pytest.raises(SweepInvalid) as info:
+        expand(sweep(grid={"epochs.count": [3]}))
+    (problem,) = info.value.problems
+    assert problem["combination"] == {"epochs.count": 3}
+    assert problem["errors"][0]["field"] == "search"
+    assert "epochs.count" in problem["errors"][0]["msg"]
