@@ -491,6 +491,7 @@ def _validation_detail(errors: Any) -> list[dict[str, Any]]:
         if match and error.get("type") == "value_error":
             loc += match.group(1).split(".")
             msg = match.group(2)
+        msg = msg.removeprefix("Value error, ")
         field = ".".join(part for part in loc if part != "body")
         detail.append({"loc": loc, "field": field, "msg": msg, "type": str(error.get("type", "invalid"))})
     return detail

@@ -93,6 +93,13 @@ class SweepCreate(BaseModel):
     def _non_finite_names(cls, base: dict[str, Any]) -> dict[str, Any]:
         return dict(decode(base))
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
     def grids(self) -> list[Grid]:
         if self.grid is None:
             return [{}]
@@ -157,7 +164,7 @@ def expand(sweep: SweepCreate, max_problems: int = 10) -> list[Trial]:
                 spec_dict = apply(sweep.base, config)
                 if seed is not None:
                     spec_dict["seed"] = seed
-                spec = JobSpec.model_validate(spec_dict)
+                spec = JobSpec.model_validate(decode(spec_dict))  # "Infinity" in a grid, as in a spec
             except (ValidationError, ValueError, TypeError) as exc:
                 if len(problems) < max_problems:
                     problems.append({"combination": encode(combination), "errors": _errors(exc)})

@@ -310,3 +310,14 @@ def test_a_path_through_a_value_that_is_not_an_object_is_a_named_problem() -> No
     assert problem["combination"] == {"epochs.count": 3}
     assert problem["errors"][0]["field"] == "search"
     assert "epochs.count" in problem["errors"][0]["msg"]
+
+
+def test_non_finite_names_work_in_a_grid_and_seeds_must_be_distinct() -> None:
+    trials = expand(
+        SweepCreate.model_validate(
+            {"base": seed_spec({"name": "prodigy"}), "grid": {"optimizer.params.growth_rate": ["Infinity", 2.0]}}
+        )
+    )
+    assert [t.spec.optimizer.params.growth_rate for t in trials] == [math.inf, 2.0]  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        sweep(seeds=[0, 0])
