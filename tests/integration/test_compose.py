@@ -133,3 +133,22 @@ def test_the_validation_rejects_a_broken_file(tmp_path: Path) -> None:
     checker = Path(sys.executable).parent / "check-jsonschema"
     result = subprocess.run([str(checker), "--builtin-schema", "vendor.compose-spec", str(path)], capture_output=True)
     assert result.returncode != 0
+
+
+def test_the_image_constraints_pin_every_runtime_dependency() -> None:
+    """The Docker image installs with -c .ci/constraints.txt: each dependency (torch aside, which
+    the Dockerfile pins itself) must be pinned there, or the image resolves it afresh."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["pytorch-optimizer"]]
+    wanted += project["optional-dependencies"]["flower"]
+    pinned = {
+        line.split("==")[0].strip().lower().replace("_", "-")
+        for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    names = {Requirement(req).name.lower().replace("_", "-") for req in wanted} - {"torch"}
+    assert names <= pinned, f"not pinned in .ci/constraints.txt (bash .ci/constraints.sh): {sorted(names - pinned)}"
