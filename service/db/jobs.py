@@ -106,6 +106,10 @@ SORTABLE = {
     "final_train_loss": Job.final_train_loss,
     "final_val_loss": Job.final_val_loss,
     "final_val_accuracy": Job.final_val_accuracy,
+    "best_train_loss": Job.best_train_loss,
+    "best_val_loss": Job.best_val_loss,
+    "best_val_accuracy": Job.best_val_accuracy,
+    "wall_seconds": Job.wall_seconds,
     "epochs_done": Job.epochs_done,
 }
 

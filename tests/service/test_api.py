@@ -189,7 +189,9 @@ def test_list_filters(client: TestClient, sessions: sessionmaker[Session]) -> No
     assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
 
 
-@pytest.mark.parametrize("sort", ["best_loss", "-best_loss", "-created_at", "created_at", "final_val_loss"])
+@pytest.mark.parametrize(
+    "sort", ["best_loss", "-best_loss", "-created_at", "created_at", "final_val_loss", "-best_val_loss"]
+)
 def test_cursor_pages_cover_every_job_once_in_order(
     client: TestClient, sessions: sessionmaker[Session], sort: str
 ) -> None:
