@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -28,13 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _harness import api_client, migrated_database, percentile, service_env, start
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from optim_engine import train  # noqa: E402
-from service.db.migrate import upgrade  # noqa: E402
-from tests.servers import free_port, postgres_server, redis_server  # noqa: E402
+from optim_engine import train
+from tests.servers import free_port, redis_server
 
 SPEC: dict[str, Any] = {
     "model": {"name": "mlp", "params": {"depth": 1, "width": 128}},
@@ -52,11 +46,6 @@ POLL_S = 0.05  # a 20 Hz progress view: far more eager than a dashboard, so a lo
 
 def spec(seed: int) -> dict[str, Any]:
     return SPEC | {"seed": seed}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_direct(jobs: int) -> float:
@@ -104,44 +93,20 @@ def main() -> None:
     with ExitStack() as stack:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optimlab-bench-")))
         broker_url = stack.enter_context(redis_server()) + "/0"
-        if args.database == "postgresql":
-            pg = stack.enter_context(postgres_server())
-            database_url = pg.url(pg.create_database())
-        else:
-            database_url = f"sqlite:///{home / 'bench.db'}"
-        upgrade(database_url)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIMLAB_")}
-        env |= {
-            "OPTIMLAB_DATABASE_URL": database_url,
-            "OPTIMLAB_BROKER_URL": broker_url,
-            "OPTIMLAB_HOME": str(home),
-            "OPTIMLAB_TORCH_THREADS": "1",
-        }
+        env = service_env(
+            OPTIMLAB_DATABASE_URL=migrated_database(stack, args.database, home),
+            OPTIMLAB_BROKER_URL=broker_url,
+            OPTIMLAB_HOME=str(home),
+            OPTIMLAB_TORCH_THREADS="1",
+        )
         port = free_port()
-        cli = [sys.executable, "-m", "service.cli"]
-        logs = [(home / name).open("wb") for name in ("api.log", "worker.log")]
-        procs = [
-            subprocess.Popen(
-                [*cli, "api", "--port", str(port), "--log-level", "warning"],
-                env=env,
-                stdout=logs[0],
-                stderr=subprocess.STDOUT,
-            ),
-            subprocess.Popen(
-                [*cli, "worker", "--queues", "cpu", "--gpus", "none", "--log-level", "info"],
-                env=env,
-                stdout=logs[1],
-                stderr=subprocess.STDOUT,
-            ),
-        ]
-        for proc in procs:
-            stack.callback(proc.wait)
-            stack.callback(proc.terminate)
-        http = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30))
+        start(stack, ["api", "--port", str(port), "--log-level", "warning"], env, home / "api.log")
+        start(stack, ["worker", "--queues", "cpu", "--gpus", "none"], env, home / "worker.log")
+        http = api_client(stack, port, timeout=30)
         deadline = time.monotonic() + 60
-        while b"ready." not in (home / "worker.log").read_bytes() or not _up(http):
+        while b"ready." not in (home / "worker.log").read_bytes():
             if time.monotonic() > deadline:
-                raise RuntimeError("API or worker did not start; see logs in " + str(home))
+                raise RuntimeError("the worker did not start; see logs in " + str(home))
             time.sleep(0.1)
 
         # Warm-up, both sides: first-run costs (imports, allocator, dataset cache) are not overhead.
@@ -165,13 +130,6 @@ def main() -> None:
         print(
             f"service/engine wall-time ratio (median of {args.rounds}, target <= 1.25): {statistics.median(ratios):.3f}"
         )
-
-
-def _up(http: httpx.Client) -> bool:
-    try:
-        return http.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 if __name__ == "__main__":

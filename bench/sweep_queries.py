@@ -15,10 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -26,15 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from _harness import api_client, migrated_database, percentile, service_env, start
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from service.db import jobs as job_ops  # noqa: E402
-from service.db.migrate import upgrade  # noqa: E402
-from service.db.models import JobStatus  # noqa: E402
-from service.db.session import make_engine, make_session_factory  # noqa: E402
-from tests.servers import free_port, postgres_server  # noqa: E402
+from service.db import jobs as job_ops
+from service.db.models import JobStatus
+from service.db.session import make_engine, make_session_factory
+from tests.servers import free_port
 
 JOBS, EPOCHS, SWEEPS = 500, 100, 3
 BASE: dict[str, Any] = {
@@ -98,40 +91,16 @@ def timed(http: httpx.Client, path: str, params: dict[str, Any], requests: int) 
         times.append((time.perf_counter() - start) * 1000)
         response.raise_for_status()
         size = len(response.content)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], size
+    return percentile(times, 0.5), percentile(times, 0.95), size
 
 
 def measure(database: str, requests: int, stack: ExitStack) -> tuple[float, float]:
     home = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optimlab-bench-")))
-    if database == "postgresql":
-        pg = stack.enter_context(postgres_server())
-        database_url = pg.url(pg.create_database())
-    else:
-        database_url = f"sqlite:///{home / 'bench.db'}"
-    upgrade(database_url)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIMLAB_")}
-    env |= {"OPTIMLAB_DATABASE_URL": database_url, "OPTIMLAB_HOME": str(home), "OPTIMLAB_MAX_SWEEP_JOBS": "1000"}
+    database_url = migrated_database(stack, database, home)
+    env = service_env(OPTIMLAB_DATABASE_URL=database_url, OPTIMLAB_HOME=str(home), OPTIMLAB_MAX_SWEEP_JOBS="1000")
     port = free_port()
-    log = (home / "api.log").open("wb")
-    api = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "api", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    stack.callback(api.wait)
-    stack.callback(api.terminate)
-    http = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if http.get("/healthz").status_code == 200:
-                break
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+    start(stack, ["api", "--port", str(port), "--log-level", "warning"], env, home / "api.log")
+    http = api_client(stack, port)
     started = time.perf_counter()
     sweep_id = populate(http, database_url)
     print(

@@ -12,6 +12,7 @@ import secrets
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import cache
 from typing import Annotated, Any
 
 import orjson
@@ -28,7 +29,7 @@ from optim_engine.spec import JobSpec, variant_names
 from service import broker
 from service.db import jobs as job_ops
 from service.db import sweeps as sweep_ops
-from service.db.models import METRIC_COLUMNS, Sweep
+from service.db.models import METRIC_COLUMNS, JobStatus, Sweep
 from service.db.session import make_engine, make_session_factory, utcnow
 from service.errors import InvalidRequest, OptimlabError, ServiceUnavailable, Unauthorized
 from service.reaper import Reaper
@@ -269,10 +270,7 @@ def _routes(settings: Settings) -> APIRouter:
                     }
                 ]
             )
-        try:
-            trials = expand(body)
-        except SweepInvalid as exc:
-            return _invalid_combinations(exc.problems)  # type: ignore[return-value]
+        trials = expand(body)  # SweepInvalid: a 422 naming the combinations (see the handlers)
         capped = [
             {
                 "combination": encode(t.config | {"seed": t.seed}),
@@ -282,8 +280,8 @@ def _routes(settings: Settings) -> APIRouter:
             for loc, m in _cap_problems(t.spec, settings)
         ]
         if capped:
-            return _invalid_combinations(capped[:10])  # type: ignore[return-value]
-        sweep, created = sweep_ops.create_sweep(
+            raise SweepInvalid(capped[:10])
+        sweep, jobs = sweep_ops.create_sweep(
             session,
             body,
             trials,
@@ -291,10 +289,9 @@ def _routes(settings: Settings) -> APIRouter:
             idempotency_key=idempotency_key,
         )
         session.commit()
-        if not created:
+        if not jobs:  # the idempotency key's first request created it
             response.status_code = 200
             return _sweep_out(session, sweep)
-        jobs = sweep_ops.job_ids(session, sweep.id)
         for index, (job_id, queue) in enumerate(jobs):
             try:
                 broker.enqueue(request.app.state.celery, job_id, queue)
@@ -324,7 +321,8 @@ def _routes(settings: Settings) -> APIRouter:
                 raise InvalidRequest("cursor: not a cursor from this list")
             before = int(cursor)
         sweeps = sweep_ops.list_sweeps(session, limit=limit + 1, before_id=before)
-        page = [_sweep_out(session, sweep, with_best=False) for sweep in sweeps[:limit]]
+        counts = sweep_ops.status_counts(session, [sweep.id for sweep in sweeps[:limit]])
+        page = [_sweep_out(session, sweep, counts[sweep.id], with_best=False) for sweep in sweeps[:limit]]
         return SweepPage(items=page, next_cursor=str(sweeps[limit - 1].id) if len(sweeps) > limit else None)
 
     @v1.get("/sweeps/{sweep_id}", tags=["sweeps"])
@@ -335,9 +333,9 @@ def _routes(settings: Settings) -> APIRouter:
     @v1.post("/sweeps/{sweep_id}/cancel", tags=["sweeps"])
     def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
         """Queued jobs never run; running ones stop at their next epoch boundary."""
-        sweep_ops.cancel_sweep(session, sweep_id)
+        sweep = sweep_ops.cancel_sweep(session, sweep_id)
         session.commit()
-        return _sweep_out(session, sweep_ops.get_sweep(session, sweep_id))
+        return _sweep_out(session, sweep)
 
     @v1.get("/sweeps/{sweep_id}/leaderboard", tags=["sweeps"])
     def leaderboard(
@@ -349,6 +347,7 @@ def _routes(settings: Settings) -> APIRouter:
     ) -> Leaderboard:
         """Configurations ranked by the mean of the metric over seeds, with std, 95% CI, min,
         max, diverged count and mean wall time; computed in SQL from the jobs' summaries."""
+        sweep_ops.get_sweep(session, sweep_id)
         query = sweep_ops.LeaderboardQuery(metric=metric, mode=mode, which=which)
         rows = sweep_ops.leaderboard(session, sweep_id, query)
         return Leaderboard(
@@ -356,7 +355,7 @@ def _routes(settings: Settings) -> APIRouter:
             metric=metric,
             mode=query.resolved_mode(),
             which=which,
-            rows=rows,  # type: ignore[arg-type]
+            rows=[LeaderboardRow(**row) for row in rows],
         )
 
     @v1.get(
@@ -387,17 +386,20 @@ def _routes(settings: Settings) -> APIRouter:
     @v1.get("/catalog", tags=["catalog"])
     def get_catalog() -> dict[str, list[dict[str, Any]]]:
         """Models, datasets, losses, optimizers and schedulers, each with its params' JSON schema."""
-        return _CATALOG()
+        return _catalog()
 
     health.include_router(v1)
     return health
 
 
-_STATUSES = {"queued", "running", "succeeded", "failed", "diverged", "cancelled"}
+_STATUSES = {status.value for status in JobStatus}
 
 
-def _sweep_out(session: Session, sweep: Sweep, *, with_best: bool = True) -> SweepOut:
-    counts = sweep_ops.status_counts(session, sweep.id)
+def _sweep_out(
+    session: Session, sweep: Sweep, counts: dict[str, int] | None = None, *, with_best: bool = True
+) -> SweepOut:
+    if counts is None:
+        counts = sweep_ops.status_counts(session, [sweep.id])[sweep.id]
     best = None
     for metric in ("val_loss", "train_loss") if with_best else ():
         board = sweep_ops.leaderboard(session, sweep.id, sweep_ops.LeaderboardQuery(metric=metric))
@@ -417,9 +419,9 @@ def _sweep_out(session: Session, sweep: Sweep, *, with_best: bool = True) -> Swe
     )
 
 
-def _invalid_combinations(problems: list[dict[str, Any]]) -> JSONResponse:
-    """422 naming each failing combination (up to 10) and its fields; nothing was created."""
-    detail = [
+def _invalid_combinations(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each failing combination (up to 10) with its fields, as 422 detail; nothing was created."""
+    return [
         {
             "loc": ["body", "search"],
             "field": error["field"],
@@ -430,21 +432,11 @@ def _invalid_combinations(problems: list[dict[str, Any]]) -> JSONResponse:
         for problem in problems
         for error in problem["errors"]
     ]
-    return JSONResponse({"error": "invalid_request", "detail": detail}, status_code=422)
 
 
-def _catalog_once() -> Any:
-    cached: dict[str, list[dict[str, Any]]] = {}
-
-    def get() -> dict[str, list[dict[str, Any]]]:
-        if not cached:
-            cached.update(engine_catalog())
-        return cached
-
-    return get
-
-
-_CATALOG = _catalog_once()
+@cache
+def _catalog() -> dict[str, list[dict[str, Any]]]:
+    return engine_catalog()
 
 
 def _cap_problems(spec: JobSpec, settings: Settings) -> list[tuple[tuple[str, ...], str]]:
@@ -502,6 +494,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _domain(_request: Request, exc: OptimlabError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(SweepInvalid)
+    async def _invalid_sweep(_request: Request, exc: SweepInvalid) -> JSONResponse:
+        return JSONResponse(
+            {"error": "invalid_request", "detail": _invalid_combinations(exc.problems)}, status_code=422
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,6 +22,14 @@ class JobNotFound(OptimlabError):
         super().__init__(f"No job with id {job_id}")
 
 
+class SweepNotFound(OptimlabError):
+    code = "sweep_not_found"
+    status_code = 404
+
+    def __init__(self, sweep_id: int) -> None:
+        super().__init__(f"No sweep with id {sweep_id}")
+
+
 class Unauthorized(OptimlabError):
     code = "unauthorized"
     status_code = 401

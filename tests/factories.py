@@ -4,6 +4,7 @@ way a worker moves them (through the same job operations), so no test hand-build
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,7 +23,7 @@ def epoch_row(epoch: int, loss: float) -> dict[str, Any]:
         "epoch": epoch,
         "train_loss": loss,
         "val_loss": loss * 1.1 if math.isfinite(loss) else loss,
-        "val_accuracy": None,
+        "val_accuracy": 1 / (1 + loss) if math.isfinite(loss) else None,  # falls as the loss rises
         "lr": 0.01,
         "grad_norm": 1.0,
         "epoch_seconds": 0.01,
@@ -34,7 +35,7 @@ def advance(
     sessions: sessionmaker[Session],
     job_id: int,
     *,
-    losses: list[float] = (),  # type: ignore[assignment]
+    losses: Sequence[float] = (),
     status: JobStatus | None = None,
     worker: str = "test-worker:1",
 ) -> None:
@@ -44,7 +45,7 @@ def advance(
         assert claim is not None, f"job {job_id} is not claimable"
     for epoch, loss in enumerate(losses, start=1):
         with sessions() as session, session.begin():
-            assert job_ops.record_epoch(session, job_id, claim.attempt, epoch_row(epoch, loss))
+            assert job_ops.record_epochs(session, job_id, claim.attempt, [epoch_row(epoch, loss)]).owned
     if status is not None:
         with sessions() as session, session.begin():
             assert job_ops.finish(session, job_id, claim.attempt, status)

@@ -85,7 +85,7 @@ class _Attempt:
             time.monotonic() - self.learned_at > FRESH_FLAG_S
         ):
             try:
-                self.learn(_with_db(sessions, partial(_write_rows, attempt=self, rows=[], device=None)))
+                self.learn(_with_db(sessions, partial(job_ops.heartbeat, job_id=self.job_id, attempt=self.number)))
             except DatabaseLost as exc:
                 self.database_error = exc
         return self.lost or self.cancel_requested or self.database_error is not None

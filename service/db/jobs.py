@@ -209,10 +209,6 @@ def request_cancel(session: Session, job_id: int) -> Job:
     return get_job(session, job_id)
 
 
-def cancel_requested(session: Session, job_id: int) -> bool:
-    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
-
-
 # --- the worker's side -----------------------------------------------------------------------
 
 
@@ -221,7 +217,6 @@ class Claim:
     job_id: int
     attempt: int
     spec: dict[str, Any]
-    epochs_done: int
 
 
 def claim(session: Session, job_id: int, *, worker: str, stale_after_s: float) -> Claim | None:
@@ -247,11 +242,11 @@ def claim(session: Session, job_id: int, *, worker: str, stale_after_s: float) -
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
         )
-        .returning(Job.attempt, Job.spec, Job.epochs_done)
+        .returning(Job.attempt, Job.spec)
     ).first()
     if row is None:
         return None
-    return Claim(job_id, row.attempt, row.spec, row.epochs_done)
+    return Claim(job_id, row.attempt, row.spec)
 
 
 def _owned(job_id: int, attempt: int) -> ColumnElement[bool]:
@@ -291,12 +286,10 @@ def record_epochs(
 ) -> Ownership:
     """Upsert epoch rows and refresh the job's summary, heartbeat (and device) in one transaction.
 
-    Writes nothing when this attempt no longer owns the job. Rows may arrive in batches, and the
-    same epoch may be written again (a resumed attempt, the final full-history write): the
+    With no rows it is a heartbeat. Writes nothing when this attempt no longer owns the job.
+    Rows may arrive in batches, and the same epoch may be written again (a resumed attempt, the final full-history write): the
     (job, epoch) key makes every write an upsert, never a duplicate.
     """
-    if not rows and device is None:
-        return heartbeat(session, job_id, attempt)
     now = utcnow()
     cleaned: list[dict[str, Any]] = []
     best: tuple[float, int] | None = None
@@ -344,11 +337,6 @@ def _upsert_epochs(dialect: str) -> Any:
         index_elements=["job_id", "epoch"],
         set_={name: statement.excluded[name] for name in (*METRIC_COLUMNS, "recorded_at")},
     )
-
-
-def record_epoch(session: Session, job_id: int, attempt: int, metrics: Mapping[str, Any]) -> bool:
-    """One epoch's row (see ``record_epochs``); False when this attempt no longer owns the job."""
-    return record_epochs(session, job_id, attempt, [metrics]).owned
 
 
 def finish(
@@ -400,16 +388,6 @@ def epoch_rows(session: Session, job_id: int, since_epoch: int = 0) -> list[dict
         .order_by(EpochMetric.epoch)
     )
     return [dict(row._mapping) for row in session.execute(query)]
-
-
-def epoch_metrics(session: Session, job_id: int, since_epoch: int = 0) -> list[EpochMetric]:
-    return list(
-        session.scalars(
-            select(EpochMetric)
-            .where(EpochMetric.job_id == job_id, EpochMetric.epoch > since_epoch)
-            .order_by(EpochMetric.epoch)
-        )
-    )
 
 
 # --- the reaper's side -----------------------------------------------------------------------

@@ -16,17 +16,9 @@ from sqlalchemy.orm import Session
 from optim_engine.spec import variant_names
 from service.db.models import METRIC_COLUMNS, Job, JobStatus, JobTag, Sweep
 from service.db.session import utcnow
-from service.errors import IdempotencyConflict, InvalidRequest, OptimlabError
+from service.errors import IdempotencyConflict, InvalidRequest, SweepNotFound
 from service.spec_codec import encode, stored_spec
 from service.sweeps import SweepCreate, Trial
-
-
-class SweepNotFound(OptimlabError):
-    code = "sweep_not_found"
-    status_code = 404
-
-    def __init__(self, sweep_id: int) -> None:
-        super().__init__(f"No sweep with id {sweep_id}")
 
 
 def create_sweep(
@@ -36,14 +28,18 @@ def create_sweep(
     *,
     queue_for: Callable[[str], str],
     idempotency_key: str | None = None,
-) -> tuple[Sweep, bool]:
-    """Insert the sweep and all its jobs in the session's transaction; ``(sweep, created)``."""
+) -> tuple[Sweep, list[tuple[int, str]]]:
+    """Insert the sweep and all its jobs in the session's transaction.
+
+    Returns the sweep and its new jobs' (id, queue) to enqueue; no jobs when the idempotency
+    key names an existing sweep for the same request.
+    """
     if idempotency_key is not None:
         existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).one_or_none()
         if existing is not None:
             if existing.template != encode(request.base) or existing.search != request.search_definition():
                 raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for sweep {existing.id}")
-            return existing, False
+            return existing, []
     now = utcnow()
     sweep = Sweep(
         name=request.name,
@@ -78,11 +74,13 @@ def create_sweep(
         }
         for trial in trials
     ]
-    session.execute(insert(Job), rows)  # one executemany, not a flush per job
+    # One batched INSERT ... RETURNING, not a flush per job.
+    created = session.execute(insert(Job).returning(Job.id, Job.queue, sort_by_parameter_order=True), rows)
+    jobs = [(job_id, queue) for job_id, queue in created]
     if request.tags:
-        ids = session.scalars(select(Job.id).where(Job.sweep_id == sweep.id)).all()
-        session.execute(insert(JobTag), [{"job_id": i, "tag": t} for i in ids for t in dict.fromkeys(request.tags)])
-    return sweep, True
+        tags = dict.fromkeys(request.tags)
+        session.execute(insert(JobTag), [{"job_id": job_id, "tag": tag} for job_id, _ in jobs for tag in tags])
+    return sweep, jobs
 
 
 def get_sweep(session: Session, sweep_id: int) -> Sweep:
@@ -99,20 +97,23 @@ def list_sweeps(session: Session, *, limit: int, before_id: int | None) -> list[
     return list(session.scalars(query))
 
 
-def job_ids(session: Session, sweep_id: int) -> list[tuple[int, str]]:
-    return [(r.id, r.queue) for r in session.execute(select(Job.id, Job.queue).where(Job.sweep_id == sweep_id))]
+def status_counts(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+    """Jobs per status of each sweep, in one grouped query for a whole page of sweeps."""
+    rows = session.execute(
+        select(Job.sweep_id, Job.status, func.count())
+        .where(Job.sweep_id.in_(list(sweep_ids)))
+        .group_by(Job.sweep_id, Job.status)
+    )
+    found = {(sweep_id, status): n for sweep_id, status, n in rows}
+    return {
+        sweep_id: {status.value: found.get((sweep_id, status.value), 0) for status in JobStatus}
+        for sweep_id in sweep_ids
+    }
 
 
-def status_counts(session: Session, sweep_id: int) -> dict[str, int]:
-    rows = session.execute(select(Job.status, func.count()).where(Job.sweep_id == sweep_id).group_by(Job.status)).all()
-    counts = {status.value: 0 for status in JobStatus}
-    counts.update({status: n for status, n in rows})
-    return counts
-
-
-def cancel_sweep(session: Session, sweep_id: int) -> None:
+def cancel_sweep(session: Session, sweep_id: int) -> Sweep:
     """Cancel the sweep's queued jobs outright and flag its running ones; finished jobs stay."""
-    get_sweep(session, sweep_id)
+    sweep = get_sweep(session, sweep_id)
     session.execute(
         update(Job)
         .where(Job.sweep_id == sweep_id, Job.status == JobStatus.queued)
@@ -121,6 +122,7 @@ def cancel_sweep(session: Session, sweep_id: int) -> None:
     session.execute(
         update(Job).where(Job.sweep_id == sweep_id, Job.status == JobStatus.running).values(cancel_requested=True)
     )
+    return sweep
 
 
 # --- the leaderboard ---------------------------------------------------------------------------
@@ -142,9 +144,9 @@ def leaderboard(session: Session, sweep_id: int, query: LeaderboardQuery) -> lis
     """One row per configuration (jobs that differ only in seed), ranked by the mean.
 
     The statistics over succeeded jobs come from one GROUP BY over the jobs' summary columns
-    (best_* / final_*, kept current by the workers), never from loading epoch rows.
+    (best_* / final_*, kept current by the workers), never from loading epoch rows. The caller
+    has checked that the sweep exists.
     """
-    get_sweep(session, sweep_id)
     if query.metric not in METRICS:
         raise InvalidRequest(f"metric: use one of {sorted(METRICS)}")
     column = getattr(Job, f"{query.which}_{query.metric}")

@@ -109,6 +109,18 @@ class Api:
             f"job {job_id} to be {statuses}",
         )
 
+    def watch(self, job_id: int, timeout: float = 120) -> tuple[dict[str, Any], set[int]]:
+        """Poll a job as a user would until it ends: (final job, epochs_done values seen while running)."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while (job := self.job(job_id))["status"] in ("queued", "running"):
+            if job["status"] == "running":
+                seen.add(job["summary"]["epochs_done"])
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {job_id} still {job['status']} after {timeout} s")
+            time.sleep(0.02)
+        return job, seen
+
     def wait_epochs(self, job_id: int, epochs: int, timeout: float = 120) -> dict[str, Any]:
         return wait_for(
             lambda: job if (job := self.job(job_id))["summary"]["epochs_done"] >= epochs else None,

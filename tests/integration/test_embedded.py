@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +19,7 @@ def test_up_serves_and_trains_the_seed_spec(embedded: tuple[Api, Proc, float]) -
     assert api.http.get("/readyz").status_code == 200
     job = api.submit(slow_spec(30, n_samples=8192))
     assert job["status"] == "queued"
-    seen_running_epochs = set()
-    while (current := api.job(job["id"]))["status"] in ("queued", "running"):
-        if current["status"] == "running":
-            seen_running_epochs.add(current["summary"]["epochs_done"])
-        time.sleep(0.02)
+    current, seen_running_epochs = api.watch(job["id"])
     assert current["status"] == "succeeded", current
     assert any(0 < epoch < 30 for epoch in seen_running_epochs), "progress was visible while running"
     assert_every_epoch_once(api.metrics(job["id"]), 30)

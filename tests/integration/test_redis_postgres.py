@@ -72,13 +72,19 @@ def deployment(
 def test_two_workers_consume_one_queue(deployment: Deployment) -> None:
     api = deployment.api
     assert api.http.get("/readyz").json()["broker"] == "ok"
+    watched = api.submit(slow_spec(30, n_samples=8192))
     jobs = [api.submit(slow_spec(8, n_samples=4096, seed=seed)) for seed in range(6)]
+    # The README's flow: running, with epochs appearing, then succeeded, one row per epoch.
+    final, seen_running_epochs = api.watch(watched["id"])
+    assert final["status"] == "succeeded", final
+    assert any(0 < epoch < 30 for epoch in seen_running_epochs), "progress was visible while running"
+    assert_every_epoch_once(api.metrics(watched["id"]), 30)
     done = [api.wait_status(job["id"], "succeeded", "failed") for job in jobs]
     assert {job["status"] for job in done} == {"succeeded"}
     for job in done:
         assert_every_epoch_once(api.metrics(job["id"]), 8)
         assert job["attempt"] == 1
-    worker_hosts = {job["worker"] for job in done}
+    worker_hosts = {job["worker"] for job in [final, *done]}
     assert len(worker_hosts) == 2, f"both worker processes took jobs: {worker_hosts}"
 
 

@@ -317,7 +317,7 @@ def test_no_epoch_row_is_written_for_a_job_the_attempt_does_not_own(sessions: se
         job_id = job.id
     advance(sessions, job_id, losses=[1.0])
     with sessions() as session, session.begin():
-        assert not job_ops.record_epoch(session, job_id, attempt=7, metrics=epoch_row(2, 0.5))
+        assert not job_ops.record_epochs(session, job_id, 7, [epoch_row(2, 0.5)]).owned
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(EpochMetric)) == 1
 

@@ -272,6 +272,9 @@ def test_accuracy_ranks_highest_first(client: TestClient, sessions: sessionmaker
     sweep_id = _run_sweep(client, sessions, LOSSES)
     board = client.get(f"/v1/sweeps/{sweep_id}/leaderboard", params={"metric": "val_accuracy"}).json()
     assert board["mode"] == "max"
+    means = [row["mean"] for row in board["rows"]]
+    assert means == sorted(means, reverse=True)
+    assert board["rows"][0]["config"] == {"optimizer.lr": 0.1}  # the lower losses, so the higher accuracy
     assert client.get(f"/v1/sweeps/{sweep_id}/leaderboard", params={"metric": "loss"}).status_code == 422
 
 
@@ -321,3 +324,17 @@ def test_non_finite_names_work_in_a_grid_and_seeds_must_be_distinct() -> None:
     assert [t.spec.optimizer.params.growth_rate for t in trials] == [math.inf, 2.0]  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="seeds must be distinct"):
         sweep(seeds=[0, 0])
+
+
+def test_list_sweeps_newest_first_with_counts_and_cursor(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    ids = [client.post("/v1/sweeps", json={"base": BASE, "seeds": [0, 1]}).json()["id"] for _ in range(3)]
+    first_job = client.get("/v1/jobs", params={"sweep_id": ids[0]}).json()["items"][0]["id"]
+    advance(sessions, first_job, losses=[1.0], status=JobStatus.succeeded)
+    page = client.get("/v1/sweeps", params={"limit": 2}).json()
+    assert [s["id"] for s in page["items"]] == [ids[2], ids[1]]
+    rest = client.get("/v1/sweeps", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert [s["id"] for s in rest["items"]] == [ids[0]]
+    assert rest["next_cursor"] is None
+    assert (rest["items"][0]["counts"]["succeeded"], rest["items"][0]["counts"]["queued"]) == (1, 1)
+    assert page["items"][0]["counts"]["queued"] == 2
+    assert client.get("/v1/sweeps", params={"cursor": "x"}).status_code == 422

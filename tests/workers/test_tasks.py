@@ -40,7 +40,8 @@ def create(sessions: sessionmaker[Session], spec: dict[str, Any]) -> int:
 
 def load(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, list[EpochMetric]]:
     with sessions() as session:
-        return session.get_one(Job, job_id), job_ops.epoch_metrics(session, job_id)
+        rows = session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id).order_by(EpochMetric.epoch))
+        return session.get_one(Job, job_id), list(rows)
 
 
 def test_a_job_runs_to_succeeded_with_one_row_per_epoch(sessions: sessionmaker[Session], settings: Settings) -> None:
