@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from optim_engine._catalog import catalog
+from optim_engine.packing import PackCheck, can_pack, pack_key
 from optim_engine.plugins import OptimizerPlugin
 from optim_engine.results import EpochMetrics, TrainResult
 from optim_engine.spec import JobSpec
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
     from optim_engine._loop import resolve_device, train
     from optim_engine._models import build_loss, build_model
     from optim_engine._optim import build_optimizer, build_scheduler
+    from optim_engine._packed import train_packed
 
 __all__ = [
     "EpochMetrics",
     "JobSpec",
     "OptimizerPlugin",
+    "PackCheck",
     "TensorData",
     "TrainResult",
     "build_dataset",
@@ -30,15 +33,19 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_scheduler",
+    "can_pack",
     "catalog",
+    "pack_key",
     "resolve_device",
     "train",
+    "train_packed",
 ]
 
 _LAZY = {
     "TensorData": "optim_engine._datasets",
     "build_dataset": "optim_engine._datasets",
     "train": "optim_engine._loop",
+    "train_packed": "optim_engine._packed",
     "resolve_device": "optim_engine._loop",
     "build_loss": "optim_engine._models",
     "build_model": "optim_engine._models",

@@ -216,6 +216,7 @@ def _epoch(
     loss_sum = torch.zeros((), device=device)
     first = None
     grad_norm = torch.zeros((), device=device)
+    clipped_from: list[torch.Tensor] = []  # the last step's norm before clipping
     if module is not None:
         module.train()
     for start in range(0, n, spec.batch_size):
@@ -227,7 +228,7 @@ def _epoch(
                 loss = loss_fn(model(xb), yb)
             loss.backward()
             if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
+                clipped_from[:] = [torch.nn.utils.clip_grad_norm_(params, clip)]
             return loss
 
         loss: torch.Tensor
@@ -243,7 +244,9 @@ def _epoch(
         if first is None and first_loss is None:
             first = loss.detach()
     grads = [p.grad for p in params if p.grad is not None]
-    if grads:
+    if clipped_from:
+        grad_norm = clipped_from[0]
+    elif grads:
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
     train_loss, norm = torch.stack([loss_sum / n, grad_norm.to(loss_sum.dtype)]).tolist()  # the epoch's one sync
     if first is not None:

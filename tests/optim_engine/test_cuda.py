@@ -53,3 +53,14 @@ def test_resume_on_cuda_matches_uninterrupted(tmp_path: Path) -> None:
     train(spec, should_stop=stop_after_two, checkpoint_dir=tmp_path)
     resumed = train(spec, checkpoint_dir=tmp_path)
     assert [m.train_loss for m in resumed.history] == pytest.approx([m.train_loss for m in full.history], rel=1e-5)
+
+
+def test_packed_trials_on_cuda_match_the_cpu_pack() -> None:
+    from optim_engine import train_packed
+
+    specs = [digits_spec({"name": name, "lr": 0.01}, seed=i) for i, name in enumerate(["sgd", "adam", "rmsprop"])]
+    on_gpu = train_packed([{**spec, "device": "cuda"} for spec in specs])
+    on_cpu = train_packed(specs)
+    assert on_gpu[0].environment["device"].startswith("cuda")
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        assert [round(m.train_loss, 4) for m in gpu.history] == [round(m.train_loss, 4) for m in cpu.history]

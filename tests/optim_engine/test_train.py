@@ -535,3 +535,8 @@ def test_checkpoint_every_s_skips_young_checkpoints(tmp_path: Path) -> None:
     train(spec, checkpoint_dir=tmp_path / "hourly", checkpoint_every_s=3600)
     assert (tmp_path / "every" / "checkpoint.pt").exists()
     assert not (tmp_path / "hourly").exists()
+
+
+def test_grad_norm_is_measured_before_clipping() -> None:
+    result = train(digits_spec({"name": "sgd", "lr": 0.01}, grad_clip_norm=1e-3))
+    assert all(m.grad_norm > 1e-3 for m in result.history)
