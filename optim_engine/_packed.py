@@ -55,6 +55,7 @@ class _Trial:
     spec: JobSpec
     family: str
     amsgrad: bool
+    momentum: bool
     shadow: torch.optim.Optimizer
     scheduler: Scheduler | None
     per_step: bool
@@ -64,8 +65,8 @@ class _Trial:
     resumed_from: int | None = None
 
     @property
-    def group(self) -> tuple[str, bool]:
-        return self.family, self.amsgrad
+    def group(self) -> tuple[str, bool, bool]:
+        return self.family, self.amsgrad, self.momentum
 
     def raw(self) -> list[float]:
         """The shadow optimizer's current hyperparameters, as the family's raw columns."""
@@ -78,38 +79,50 @@ class _Trial:
 
 @dataclass
 class _Group:
-    """A contiguous block of rows whose trials share an optimizer family (and amsgrad)."""
+    """A contiguous block of rows whose trials share an optimizer family, amsgrad and whether
+    they keep a momentum buffer."""
 
     family: str
     amsgrad: bool
     start: int
     stop: int
     state: dict[str, torch.Tensor] = field(default_factory=dict)
+    momentum: bool = False
     # Static per-trial switches: skip the ops no trial in the group needs.
     maximize: bool = False
     weight_decay: bool = False
-    momentum: bool = False
     nesterov: bool = False
     centered: bool = False
     decoupled: bool = False
 
 
 class _Layout:
-    """The model as a list of ops over views into a trial's flat parameter row. A weight is kept
-    transposed ([in, out]): the forward is ``x @ w`` and its gradient comes out contiguous."""
+    """The model as a list of ops over views into a trial's flat parameter row.
+
+    A weight is kept transposed ([in, out]) and followed by its bias, so the forward is
+    ``x @ w + b`` and gradients come out contiguous. The first layer's bias is folded into its
+    weight as one more input row: the inputs carry a column of ones (``augment``), and one
+    matmul gives the layer's output and, backwards, both its gradients.
+    """
 
     def __init__(self, template: nn.Module) -> None:
         modules = list(template) if isinstance(template, nn.Sequential) else [template]
         self.shapes: list[tuple[int, ...]] = []
         self.ops: list[tuple[str, Any]] = []
+        first = modules[0]
+        self.augment = isinstance(first, nn.Linear) and first.bias is not None
         for module in modules:
             if isinstance(module, nn.Linear):
                 weight = len(self.shapes)
-                self.shapes.append(tuple(module.weight.T.shape))
+                n_out, n_in = module.weight.shape
                 bias = None
-                if module.bias is not None:
-                    bias = len(self.shapes)
-                    self.shapes.append((1, module.bias.shape[0]))
+                if module is first and self.augment:
+                    self.shapes.append((n_in + 1, n_out))  # [w; b], as the row stores them
+                else:
+                    self.shapes.append((n_in, n_out))
+                    if module.bias is not None:
+                        bias = len(self.shapes)
+                        self.shapes.append((1, n_out))
                 self.ops.append(("linear", (weight, bias)))
             else:
                 self.ops.append(("act", module))
@@ -129,7 +142,7 @@ class _Layout:
         for kind, op in self.ops:
             if kind == "linear":
                 w, b = op
-                x = torch.bmm(x, weights[w]) if b is None else torch.baddbmm(weights[b], x, weights[w])
+                x = torch.bmm(x, weights[w]) if b is None else torch.bmm(x, weights[w]).add_(weights[b])
             else:
                 x = x.relu_() if isinstance(op, nn.ReLU) else op(x)
         return x
@@ -152,7 +165,7 @@ class _Layout:
             if kind == "linear":
                 saved.append(x)
                 w, b = op
-                x = torch.bmm(x, weights[w]) if b is None else torch.baddbmm(weights[b], x, weights[w])
+                x = torch.bmm(x, weights[w]) if b is None else torch.bmm(x, weights[w]).add_(weights[b])
             elif isinstance(op, nn.ReLU):
                 x = x.relu_()
                 saved.append(x)
@@ -229,10 +242,15 @@ class _Pack:
         first = specs[0]
         self.device = resolve_device(first.device)
         self.data: TensorData = build_dataset(first, self.device)
+        self.layout = _Layout(build_model(first))
         self.n_train = self.data.x_train.shape[0]
+        self.x_train, self.x_val = self.data.x_train, self.data.x_val
+        if self.layout.augment:
+            self.x_train, self.x_val = (
+                torch.nn.functional.pad(x, (0, 1), value=1.0) for x in (self.x_train, self.x_val)
+            )
         self.steps = steps_per_epoch(self.n_train, first.batch_size)
         self.batch_size, self.epochs = first.batch_size, first.epochs
-        self.layout = _Layout(build_model(first))
         self.loss_fn = build_loss(first)
         self.loss_fn.reduction = "none"  # type: ignore[assignment]
         self.classification = self.data.info.task == "classification"
@@ -241,7 +259,7 @@ class _Pack:
 
         trials = [self._trial(i, key, spec) for i, (key, spec) in enumerate(zip(keys, specs, strict=True))]
         # Rows sorted by optimizer group, so each group's rows are one contiguous block.
-        order = sorted(range(len(trials)), key=lambda i: (sorted(_RAW).index(trials[i].family), trials[i].amsgrad))
+        order = sorted(range(len(trials)), key=lambda i: trials[i].group)
         self.trials = trials
         self.rows: list[_Trial] = [trials[i] for i in order]
         self.step = 0
@@ -261,22 +279,26 @@ class _Pack:
         shadow._opt_called = True  # type: ignore[attr-defined]  # schedulers step it without a real step
         scheduler = build_scheduler(spec, shadow, self.steps)
         per_step = bool(spec.schedulers) and spec.schedulers[0].interval == "step"
-        amsgrad = bool(shadow.param_groups[0].get("amsgrad", False))
-        return _Trial(index, key, spec, _FAMILY[spec.optimizer.name], amsgrad, shadow, scheduler, per_step)
+        group = shadow.param_groups[0]
+        amsgrad = bool(group.get("amsgrad", False))
+        # A momentum buffer when momentum is on, or may be switched on by a cycling scheduler.
+        momentum = "momentum" in group and (group["momentum"] > 0 or scheduler is not None)
+        family = _FAMILY[spec.optimizer.name]
+        return _Trial(index, key, spec, family, amsgrad, momentum, shadow, scheduler, per_step)
 
     def _initial_row(self, spec: JobSpec) -> torch.Tensor:
         model = build_model(spec)
         return torch.cat([(p.T if p.dim() == 2 else p).detach().reshape(-1) for p in model.parameters()]).float()
 
     @staticmethod
-    def _spans(keys: Sequence[tuple[str, bool]]) -> list[_Group]:
-        """One group per run of equal (family, amsgrad) keys."""
+    def _spans(keys: Sequence[tuple[str, bool, bool]]) -> list[_Group]:
+        """One group per run of equal (family, amsgrad, momentum) keys."""
         groups: list[_Group] = []
-        for i, key in enumerate(keys):
-            if groups and (groups[-1].family, groups[-1].amsgrad) == key:
+        for i, (family, amsgrad, momentum) in enumerate(keys):
+            if groups and (groups[-1].family, groups[-1].amsgrad, groups[-1].momentum) == (family, amsgrad, momentum):
                 groups[-1].stop = i + 1
             else:
-                groups.append(_Group(key[0], key[1], i, i + 1))
+                groups.append(_Group(family, amsgrad, i, i + 1, momentum=momentum))
         return groups
 
     def _flags(self, group: _Group) -> None:
@@ -284,9 +306,6 @@ class _Pack:
         raws = [dict(zip(_RAW[group.family], t.raw(), strict=True)) for t in self.rows[group.start : group.stop]]
         group.maximize = any(r["maximize"] for r in raws)
         group.weight_decay = any(r["weight_decay"] for r in raws)
-        group.momentum = any(r.get("momentum", 0.0) for r in raws) or any(
-            t.scheduler is not None and "momentum" in t.shadow.defaults for t in self.rows[group.start : group.stop]
-        )
         group.nesterov = any(r.get("nesterov", 0.0) for r in raws)
         group.centered = any(r.get("centered", 0.0) for r in raws)
         group.decoupled = any(r.get("decoupled_weight_decay", 0.0) for r in raws)
@@ -413,7 +432,9 @@ class _Pack:
                 continue
             index = torch.tensor(local, dtype=torch.long, device=self.device)
             state = {name: tensor.index_select(0, index) for name, tensor in group.state.items()}
-            groups.append(_Group(group.family, group.amsgrad, position, position + len(local), state))
+            groups.append(
+                _Group(group.family, group.amsgrad, position, position + len(local), state, momentum=group.momentum)
+            )
             position += len(local)
         kept = [rows[i] for i in keep]
         assert all(t is not None for t in kept)
@@ -439,7 +460,7 @@ class _Pack:
         for step, start in enumerate(range(0, n, self.batch_size)):
             index = orders[:, start : start + self.batch_size]
             batch = index.shape[1]
-            xb = data.x_train.index_select(0, index.reshape(-1)).view(n_trials, batch, -1)
+            xb = self.x_train.index_select(0, index.reshape(-1)).view(n_trials, batch, -1)
             yb = data.y_train.index_select(0, index.reshape(-1))
             with torch.no_grad():
                 losses = self.layout.gradients(weights, grad_views, xb, partial(self._loss_and_grad, target=yb))
@@ -533,7 +554,7 @@ class _Pack:
         total = torch.zeros(n_trials, device=self.device)
         correct = torch.zeros(n_trials, device=self.device, dtype=torch.long)
         for start in range(0, n, EVAL_CHUNK):
-            xb, yb = data.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
+            xb, yb = self.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
             batch = xb.shape[0]
             output = self.layout.forward(weights, xb.unsqueeze(0).expand(n_trials, -1, -1))
             total += self._losses(output, yb.repeat((n_trials,) + (1,) * (yb.dim() - 1))) * batch
@@ -592,7 +613,7 @@ class _Pack:
         p.addcmul_(g, neg_lr)
 
     def _adam(self, group: _Group, p: torch.Tensor, g: torch.Tensor, h: list[torch.Tensor]) -> None:
-        neg_step, one_minus_b1, beta2, one_minus_b2, bc2_sqrt, eps, wd, decay, sign = h
+        neg_step, one_minus_b1, _, one_minus_b2, bc2_sqrt, eps, wd, decay, sign = h
         state = group.state
         if group.maximize:
             g = g * sign
@@ -602,12 +623,12 @@ class _Pack:
             g = g.addcmul(p, wd)
         state["exp_avg"].lerp_(g, one_minus_b1)
         v = state["exp_avg_sq"]
-        v.mul_(beta2).addcmul_(g * one_minus_b2, g)
+        v.lerp_(g * g, one_minus_b2)  # beta2 * v + (1 - beta2) * g^2
         if group.amsgrad:
             torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
-        denom = (v.sqrt() / bc2_sqrt).add_(eps)
-        p.addcmul_(state["exp_avg"] / denom, neg_step)
+        step = v.sqrt().div_(bc2_sqrt).add_(eps)  # the denominator, then the step, in one buffer
+        p.addcmul_(torch.div(state["exp_avg"], step, out=step), neg_step)
 
     def _rmsprop(self, group: _Group, p: torch.Tensor, g: torch.Tensor, h: list[torch.Tensor]) -> None:
         neg_lr, alpha, one_minus_alpha, eps, wd, momentum, centered, sign = h
@@ -721,7 +742,7 @@ class _Pack:
         # Rebuild the checkpoint's row layout, then keep the rows of this pack's live trials.
         saved_rows = [by_key.get(key) for key in payload["rows"]]
         self.params = payload["params"].to(self.device)
-        self.groups = self._spans([(family, amsgrad) for family, amsgrad in payload["row_groups"]])
+        self.groups = self._spans([(family, amsgrad, momentum) for family, amsgrad, momentum in payload["row_groups"]])
         for group, state in zip(self.groups, payload["groups"], strict=True):
             group.state = {name: s.to(self.device) for name, s in state.items()}
         self.step = payload["step"]
