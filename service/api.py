@@ -46,7 +46,7 @@ from service.schemas import (
 )
 from service.settings import Settings, get_settings
 from service.spec_codec import encode, stored_spec
-from service.sweeps import SweepCreate, SweepInvalid, expand
+from service.sweeps import SweepCreate, SweepInvalid, expand, plan_packs
 from service.sweeps import count as expanded_size
 
 log = logging.getLogger("optimlab.api")
@@ -281,29 +281,34 @@ def _routes(settings: Settings) -> APIRouter:
         ]
         if capped:
             raise SweepInvalid(capped[:10])
+        packs = plan_packs(trials, body.execution, settings.pack_max)  # SweepInvalid under "packed"
         sweep, jobs = sweep_ops.create_sweep(
             session,
             body,
             trials,
             queue_for=lambda device: broker.queue_for(device, settings),
+            packs=packs,
             idempotency_key=idempotency_key,
         )
         session.commit()
         if not jobs:  # the idempotency key's first request created it
             response.status_code = 200
             return _sweep_out(session, sweep)
-        for index, (job_id, queue) in enumerate(jobs):
+        tasks = broker.one_per_task(jobs)
+        for index, (job_id, queue, pack_id) in enumerate(tasks):
             try:
-                broker.enqueue(request.app.state.celery, job_id, queue)
+                broker.enqueue(request.app.state.celery, job_id, queue, pack_id)
             except Exception as exc:
                 if index == 0:  # nothing sent yet: undo, so a retry starts clean
                     log.warning("enqueue of sweep %s failed: %s; removing it", sweep.id, exc)
                     session.delete(sweep)
                     session.commit()
                     raise ServiceUnavailable("The broker is unreachable; the sweep was not created.") from exc
-                log.warning("enqueue failed after %s of %s jobs: %s; the reaper sends the rest", index, len(jobs), exc)
-                for unsent, _ in jobs[index:]:
-                    job_ops.mark_unsent(session, unsent)
+                log.warning(
+                    "enqueue failed after %s of %s tasks: %s; the reaper sends the rest", index, len(tasks), exc
+                )
+                for unsent, _, unsent_pack in tasks[index:]:
+                    job_ops.mark_unsent(session, unsent, unsent_pack)
                 session.commit()
                 break
         return _sweep_out(session, sweep)
@@ -416,6 +421,7 @@ def _sweep_out(
         best=best,
         template=sweep.template,
         search=sweep.search,
+        execution=sweep.execution,
     )
 
 

@@ -327,7 +327,7 @@ def submit(
 
 @app.command()
 def sweep(
-    file: Annotated[Path, typer.Argument(help="A sweep: name, base, grid / random / seeds (YAML or JSON).")],
+    file: Annotated[Path, typer.Argument(help="A sweep: name, base, grid / random / seeds, execution (YAML or JSON).")],
     wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
     metric: Annotated[str, typer.Option(help="Leaderboard metric with --wait.")] = "val_loss",
     url: UrlOption = None,
@@ -335,7 +335,7 @@ def sweep(
 ) -> None:
     """Create a sweep. Prints its id; with --wait, the leaderboard, and exits 3 if a job failed."""
     body = _load(file)
-    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags"}
+    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags", "execution"}
     if unknown or "base" not in body:
         console.print(
             f"[red]{file}[/]: needs 'base'; unknown keys {sorted(unknown)}"
@@ -351,6 +351,7 @@ def sweep(
             seeds=body.get("seeds"),
             name=body.get("name"),
             tags=body.get("tags") or [],
+            execution=body.get("execution", "auto"),
         )
         console.print(f"sweep {created['id']}: {created['n_jobs']} jobs")
         if not wait:

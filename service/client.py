@@ -184,10 +184,12 @@ class Client:
         seeds: Iterable[int] | None = None,
         name: str | None = None,
         tags: Iterable[str] = (),
+        execution: str = "auto",
     ) -> dict[str, Any]:
         """Create a sweep: ``grid`` maps dotted spec paths to values; ``random`` is
         ``{"n": 20, "seed": 0, "params": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}}``;
-        every configuration runs once per seed."""
+        every configuration runs once per seed. ``execution``: auto (pack the jobs that can
+        train together), packed, or separate."""
         body = {
             "name": name,
             "base": dict(base),
@@ -195,6 +197,7 @@ class Client:
             "random": random,
             "seeds": list(seeds) if seeds is not None else None,
             "tags": list(tags),
+            "execution": execution,
         }
         return dict(self._post("/v1/sweeps", body))
 

@@ -39,7 +39,7 @@ class Reaper:
         return time.monotonic() - self._outage_ended >= self._settings.stale_after_s
 
     def run_once(self) -> list[int]:
-        """One pass; returns the ids it enqueued again."""
+        """One pass; returns the ids it enqueued again (a pack's first job stands for its pack)."""
         try:
             with self._sessions() as session, session.begin():
                 jobs = job_ops.claim_unsent(session)
@@ -53,14 +53,15 @@ class Reaper:
             self._database_down = True
             raise
         sent = []
-        for job_id, queue in jobs:
-            log.warning("re-enqueueing job %s on %s", job_id, queue)
+        for job_id, queue, pack_id in broker.one_per_task(jobs):
+            what = f"pack {pack_id}" if pack_id is not None else f"job {job_id}"
+            log.warning("re-enqueueing %s on %s", what, queue)
             try:
-                broker.enqueue(self._celery, job_id, queue)
+                broker.enqueue(self._celery, job_id, queue, pack_id)
             except Exception as exc:  # the broker is down: leave the job marked unsent for the next pass
-                log.warning("enqueue of job %s failed: %s", job_id, exc)
+                log.warning("enqueue of %s failed: %s", what, exc)
                 with self._sessions() as session, session.begin():
-                    job_ops.mark_unsent(session, job_id)
+                    job_ops.mark_unsent(session, job_id, pack_id)
             else:
                 sent.append(job_id)
         return sent

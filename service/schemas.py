@@ -50,6 +50,7 @@ class JobSummary(BaseModel):
 class JobOut(BaseModel):
     id: int
     sweep_id: int | None
+    pack_id: str | None = Field(description="Set when the job trains in a pack with others of its sweep.")
     config: dict[str, Any] | None = Field(description="A sweep job's searched values (seed excluded).")
     name: str | None
     status: str
@@ -78,6 +79,7 @@ class JobOut(BaseModel):
         return cls(
             id=job.id,
             sweep_id=job.sweep_id,
+            pack_id=job.pack_id,
             config=job.config,
             name=job.name,
             status=job.status,
@@ -180,6 +182,7 @@ class SweepOut(BaseModel):
     best: LeaderboardRow | None = Field(description="The leaderboard's top configuration (val_loss, else train_loss).")
     template: dict[str, Any]
     search: dict[str, Any]
+    execution: str = Field(description="auto, packed or separate (see POST /v1/sweeps).")
 
 
 class SweepPage(BaseModel):

@@ -53,6 +53,14 @@ class Settings(EngineSettings):
     max_samples: int = Field(default=5_000_000, ge=1, description="Cap on a synthetic dataset's n_samples.")
     max_model_width: int = Field(default=16_384, ge=1, description="Cap on an MLP's width / a CNN's channels.")
     max_sweep_jobs: int = Field(default=1_000, ge=1, description="Cap on the jobs one sweep expands to.")
+    pack_max: int = Field(
+        default=32,
+        ge=1,
+        description=(
+            "Most trials in one pack (a sweep's jobs trained together by one worker task). Larger packs "
+            "amortize more per step; smaller ones spread a sweep over more workers."
+        ),
+    )
 
     # Reliability: the database is the record, the broker only delivers.
     heartbeat_interval_s: float = Field(

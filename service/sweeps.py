@@ -12,12 +12,14 @@ import itertools
 import json
 import math
 import random
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from optim_engine.packing import pack_key, unpackable
 from optim_engine.spec import JobSpec
 from service.spec_codec import decode, encode
 
@@ -87,6 +89,14 @@ class SweepCreate(BaseModel):
     tags: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/=-]{1,64}$")]], Field(max_length=32)] = Field(
         default_factory=list
     )
+    execution: Literal["auto", "packed", "separate"] = Field(
+        default="auto",
+        description=(
+            "auto: jobs that can train together (same model, data, loss, batch size, epochs, device) run "
+            "as packs of up to OPTIMLAB_PACK_MAX trials, the rest separately; packed: every job in a pack "
+            "(a 422 says which cannot); separate: one task per job."
+        ),
+    )
 
     @field_validator("base")
     @classmethod
@@ -107,7 +117,11 @@ class SweepCreate(BaseModel):
 
     def search_definition(self) -> dict[str, Any]:
         return dict(
-            encode(self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"name", "base", "tags"}))
+            encode(
+                self.model_dump(
+                    mode="json", by_alias=True, exclude_none=True, exclude={"name", "base", "tags", "execution"}
+                )
+            )
         )
 
 
@@ -231,3 +245,41 @@ def _errors(exc: Exception) -> list[dict[str, str]]:
             out.append({"field": f"spec.{field}" if field else "spec", "msg": msg})
         return out
     return [{"field": "search", "msg": str(exc)}]
+
+
+def plan_packs(trials: Sequence[Trial], execution: str, pack_max: int) -> list[str | None]:
+    """Each trial's pack id (None: it runs as its own task).
+
+    Trials with the same pack key are split into packs of at most ``pack_max``, as evenly as
+    possible (60 trials and a cap of 32 give two packs of 30, not 32 + 28). Under ``auto`` a
+    trial that cannot pack, or is alone with its key, runs separately; under ``packed`` such a
+    trial is a ``SweepInvalid`` naming it and why.
+    """
+    packs: list[str | None] = [None] * len(trials)
+    if execution == "separate":
+        return packs
+    problems = []
+    groups: dict[str, list[int]] = {}
+    for i, trial in enumerate(trials):
+        reasons = unpackable(trial.spec)
+        if reasons:
+            combination = encode(trial.config | {"seed": trial.seed})
+            problems.append({"combination": combination, "errors": [_pack_error(r) for r in reasons]})
+        else:
+            groups.setdefault(pack_key(trial.spec), []).append(i)
+    if execution == "packed" and problems:
+        raise SweepInvalid(problems[:10])
+    for members in groups.values():
+        if len(members) < 2 and execution == "auto":
+            continue
+        n_packs = -(-len(members) // pack_max)
+        for chunk in range(n_packs):
+            pack_id = uuid.uuid4().hex
+            for i in members[chunk::n_packs]:
+                packs[i] = pack_id
+    return packs
+
+
+def _pack_error(reason: str) -> dict[str, str]:
+    field, _, message = reason.partition(": ")
+    return {"field": f"spec.{field}", "msg": f"cannot be packed: {message}"}

@@ -72,6 +72,12 @@ class _Attempt:
     cancel_requested: bool = False
     database_error: DatabaseLost | None = None
     learned_at: float = field(default_factory=time.monotonic)
+    finished: bool = False  # in a pack: its final status is written
+
+    @property
+    def stopping(self) -> bool:
+        """Whether its trial should end now (in a pack, the others go on)."""
+        return self.lost or self.cancel_requested
 
     def learn(self, ownership: job_ops.Ownership) -> None:
         self.lost = self.lost or not ownership.owned
@@ -281,3 +287,278 @@ def _heartbeat(sessions: sessionmaker[Session], attempt: _Attempt, interval: flo
             log.warning("heartbeat of job %s failed: %s", attempt.job_id, exc.orig)
         if attempt.lost:
             return
+
+
+# --- packs ------------------------------------------------------------------------------------
+
+
+@app.task(name="workers.run_pack")
+def run_pack(pack_id: str) -> str:
+    """Celery entry point for a pack of a sweep's jobs trained together; returns a summary."""
+    settings = get_settings()
+    return execute_pack(pack_id, _session_factory(settings.resolved_database_url(), os.getpid()), settings)
+
+
+class _PackAttempts:
+    """The attempts of a pack's claimed jobs, in the order the engine sees them."""
+
+    def __init__(self, claims: list[job_ops.Claim]) -> None:
+        self.by_job = {c.job_id: _Attempt(c.job_id, c.attempt) for c in claims}
+        self.database_error: DatabaseLost | None = None
+
+    def learn(self, ownerships: dict[int, job_ops.Ownership]) -> None:
+        for job_id, ownership in ownerships.items():
+            if not self.by_job[job_id].finished:
+                self.by_job[job_id].learn(ownership)
+
+    def numbers(self) -> dict[int, int]:
+        """Attempt numbers of the jobs still training here."""
+        return {job_id: a.number for job_id, a in self.by_job.items() if not (a.lost or a.finished)}
+
+    def refresh(self, sessions: sessionmaker[Session]) -> None:
+        """One statement re-reads every job's flags (when the writer's answers are stale)."""
+        try:
+            self.learn(_with_db(sessions, partial(job_ops.heartbeat_many, attempts=self.numbers())))
+        except DatabaseLost as exc:
+            self.database_error = exc
+
+
+def execute_pack(pack_id: str, sessions: sessionmaker[Session], settings: Settings) -> str:
+    """Run a pack's claimable jobs to terminal statuses as one ``train_packed`` call.
+
+    Each job keeps its own attempt, cancel flag, epoch rows and final status; the pack shares
+    one heartbeat, one writer and one checkpoint (keyed by job, so a later attempt resumes the
+    jobs that are still unfinished). A redelivered pack whose jobs are all finished or owned by a
+    live worker is a no-op.
+    """
+    with sessions() as session, session.begin():
+        claims = job_ops.claim_pack(session, pack_id, worker=worker_name(), stale_after_s=settings.stale_after_s)
+    if not claims:
+        log.info("pack %s: nothing claimable", pack_id)
+        return "skipped"
+    attempts = _PackAttempts(claims)
+    log.info("pack %s: %s jobs starting (%s)", pack_id, len(claims), ", ".join(str(c.job_id) for c in claims))
+    checkpoint_dir = settings.resolved_checkpoint_dir() / f"pack-{pack_id}"
+    stop_heartbeat = threading.Event()
+    beat = threading.Thread(
+        target=_pack_heartbeat, args=(sessions, attempts, settings.heartbeat_interval_s, stop_heartbeat), daemon=True
+    )
+    beat.start()
+    try:
+        statuses = _train_pack(claims, sessions, settings, attempts, checkpoint_dir)
+    except DatabaseLost as exc:
+        log.error("pack %s: %s; leaving its jobs to be requeued", pack_id, exc)
+        return "database_lost"
+    finally:
+        stop_heartbeat.set()
+        beat.join()
+    if not settings.keep_checkpoints and not any(a.lost for a in attempts.by_job.values()):
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    counts = {str(s): sum(1 for v in statuses.values() if v == s) for s in set(statuses.values())}
+    return " ".join(f"{name}={n}" for name, n in sorted(counts.items()))
+
+
+def _train_pack(
+    claims: list[job_ops.Claim],
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    attempts: _PackAttempts,
+    ckpt: Path,
+) -> dict[int, str]:
+    from optim_engine import TrainResult, resolve_device, train_packed  # torch is imported here only
+
+    statuses: dict[int, str] = {}
+    specs, job_ids = [], []
+    for claim in claims:
+        try:
+            spec = load_spec(claim.spec)
+            spec = spec.model_copy(update={"device": _pinned(spec.device)})
+        except Exception as exc:  # the spec validated at submission; its data may have changed since
+            log.exception("job %s: spec no longer valid", claim.job_id)
+            attempt = attempts.by_job[claim.job_id]
+            write = partial(job_ops.finish, job_id=claim.job_id, attempt=attempt.number, status=JobStatus.failed)
+            _with_db(sessions, partial(write, error=f"spec: {exc}"))
+            statuses[claim.job_id] = JobStatus.failed
+            continue
+        specs.append(spec)
+        job_ids.append(claim.job_id)
+    if not specs:
+        return statuses
+    device: str | None = None
+    failure: str | None = None
+    try:
+        device = str(resolve_device(specs[0].device))
+    except Exception as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+
+    writer = _PackWriter(sessions, attempts, settings.metrics_flush_s, device)
+    writer.start()
+    last_refresh = [time.monotonic()]
+
+    def should_stop() -> set[int]:
+        # Long epochs: re-read the flags when the writer's answers are older than FRESH_FLAG_S.
+        if time.monotonic() - writer.answered_at > FRESH_FLAG_S and time.monotonic() - last_refresh[0] > FRESH_FLAG_S:
+            last_refresh[0] = time.monotonic()
+            attempts.refresh(sessions)
+        if attempts.database_error is not None:
+            return set(range(len(job_ids)))
+        return {i for i, job_id in enumerate(job_ids) if attempts.by_job[job_id].stopping}
+
+    def on_finish(i: int, result: TrainResult) -> None:
+        writer.finish(job_ids[i], result)
+
+    try:
+        if failure is not None:
+            raise RuntimeError(failure)
+        train_packed(
+            specs,
+            keys=[str(job_id) for job_id in job_ids],
+            on_epoch=lambda i, metrics: writer.submit(job_ids[i], metrics.as_dict()),
+            on_finish=on_finish,
+            should_stop=should_stop,
+            checkpoint_dir=ckpt,
+            checkpoint_every_s=settings.checkpoint_every_s,
+            num_threads=settings.torch_threads,
+        )
+    except Exception as exc:
+        log.exception("pack of jobs %s failed", job_ids)
+        writer.fail_unfinished(job_ids, f"{type(exc).__name__}: {exc}")
+    writer.close()
+    if attempts.database_error is not None:
+        raise attempts.database_error
+    statuses.update(writer.statuses)
+    return statuses
+
+
+class _PackWriter(threading.Thread):
+    """The pack's ``_EpochWriter``: epoch rows of many jobs, and each job's final status as
+    soon as its trial ends, written off the training thread in one transaction per flush. A
+    job's final status follows its last rows, in the same transaction."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], attempts: _PackAttempts, flush_s: float, device: str | None
+    ) -> None:
+        super().__init__(name="pack-writer", daemon=True)
+        self._sessions = sessions
+        self._attempts = attempts
+        self._flush_s = flush_s
+        self._device = device
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+        self._finishes: list[tuple[int, JobStatus, dict[str, Any]]] = []
+        self._closed = False
+        self._wake = threading.Condition()
+        self.statuses: dict[int, str] = {}
+        self.answered_at = time.monotonic()
+
+    def submit(self, job_id: int, row: dict[str, Any]) -> None:
+        with self._wake:
+            self._rows.setdefault(job_id, []).append(row)
+            self._wake.notify()
+
+    def finish(self, job_id: int, result: Any) -> None:
+        """Queue a job's final write: its status, environment, and the rows from before a
+        resume (a killed attempt's checkpoint can land before its rows reach the database)."""
+        resumed = result.resumed_from_epoch or 0
+        before_resume = [m.as_dict() for m in result.history if m.epoch <= resumed]
+        details = {
+            "environment": result.environment,
+            "diverged_epoch": result.diverged_epoch,
+            "resumed_from_epoch": result.resumed_from_epoch,
+            "before_resume": before_resume,
+        }
+        with self._wake:
+            self._finishes.append((job_id, OUTCOME_STATUS[result.outcome], details))
+            self._wake.notify()
+
+    def fail_unfinished(self, job_ids: list[int], error: str) -> None:
+        with self._wake:
+            done = {job_id for job_id, _, _ in self._finishes} | set(self.statuses)
+            for job_id in job_ids:
+                if job_id not in done:
+                    self._finishes.append((job_id, JobStatus.failed, {"error": error}))
+
+    def close(self) -> None:
+        """Stop the thread, then write what is left (rows and final statuses) from this one."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self.join()
+        if self._attempts.database_error is None:
+            self._flush()
+
+    def run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._rows or self._finishes or self._device or self._closed)
+                if self._closed:
+                    return
+            if not self._flush():
+                return
+            with self._wake:  # let rows gather; close() ends the wait at once
+                self._wake.wait_for(lambda: self._closed, timeout=self._flush_s)
+
+    def _flush(self) -> bool:
+        with self._wake:
+            rows, self._rows = self._rows, {}
+            finishes, self._finishes = self._finishes, []
+        device = self._device
+        try:
+            ownerships, finished = _with_db(
+                self._sessions, partial(self._write, rows=rows, finishes=finishes, device=device)
+            )
+        except DatabaseLost as exc:
+            with self._wake:  # unwritten work goes back for the final flush (if the database returns)
+                for job_id, batch in rows.items():
+                    self._rows[job_id] = batch + self._rows.get(job_id, [])
+                self._finishes[:0] = finishes
+            self._attempts.database_error = exc
+            return False
+        self._device = None
+        for job_id, status in finished.items():
+            self.statuses[job_id] = status
+            self._attempts.by_job[job_id].finished = True
+        self._attempts.learn(ownerships)
+        self.answered_at = time.monotonic()
+        return True
+
+    def _write(
+        self,
+        session: Session,
+        *,
+        rows: dict[int, list[dict[str, Any]]],
+        finishes: list[tuple[int, JobStatus, dict[str, Any]]],
+        device: str | None,
+    ) -> tuple[dict[int, job_ops.Ownership], dict[int, str]]:
+        """Rows, device and final statuses in the caller's transaction; returns what each write
+        learned and the jobs it finished (applied by the caller once the transaction committed:
+        a retried transaction runs this again)."""
+        by_job = self._attempts.by_job
+        ownerships = {}
+        finishing: dict[int, tuple[JobStatus | None, dict[str, Any]]] = {
+            job_id: (status, details) for job_id, status, details in finishes
+        }
+        finished: dict[int, str] = {}
+        for job_id in sorted(set(rows) | set(finishing) | (set(by_job) if device else set())):
+            attempt = by_job[job_id]
+            if attempt.lost or attempt.finished:
+                continue
+            status, details = finishing.get(job_id, (None, {}))
+            batch = details.get("before_resume", []) + rows.get(job_id, [])
+            ownership = job_ops.record_epochs(session, job_id, attempt.number, batch, device=device)
+            ownerships[job_id] = ownership
+            if ownership.owned and status is not None:
+                extra = {key: value for key, value in details.items() if key != "before_resume"}
+                if job_ops.finish(session, job_id, attempt.number, status, **extra):
+                    finished[job_id] = str(status)
+        return ownerships, finished
+
+
+def _pack_heartbeat(
+    sessions: sessionmaker[Session], attempts: _PackAttempts, interval: float, stop: threading.Event
+) -> None:
+    while not stop.wait(interval):
+        try:
+            with sessions() as session, session.begin():
+                attempts.learn(job_ops.heartbeat_many(session, attempts.numbers()))
+        except DBAPIError as exc:
+            log.warning("heartbeat of a pack failed: %s", exc.orig)

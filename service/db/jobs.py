@@ -393,26 +393,32 @@ def epoch_rows(session: Session, job_id: int, since_epoch: int = 0) -> list[dict
 # --- the reaper's side -----------------------------------------------------------------------
 
 
-def requeue_stale_running(session: Session, *, stale_after_s: float) -> list[tuple[int, str]]:
-    """Put running jobs whose worker stopped heartbeating back to queued; returns (id, queue)."""
+Delivery = tuple[int, str, str | None]
+"""A job to send to the broker: (id, queue, pack_id); a pack is sent once, as one task."""
+
+
+def requeue_stale_running(session: Session, *, stale_after_s: float) -> list[Delivery]:
+    """Put running jobs whose worker stopped heartbeating back to queued; returns their deliveries."""
     now = utcnow()
     stale = now - dt.timedelta(seconds=stale_after_s)
     candidates = session.execute(
-        select(Job.id, Job.queue, Job.attempt).where(Job.status == JobStatus.running, Job.heartbeat_at < stale)
+        select(Job.id, Job.queue, Job.attempt, Job.pack_id).where(
+            Job.status == JobStatus.running, Job.heartbeat_at < stale
+        )
     ).all()
-    requeued = []
-    for job_id, queue, attempt in candidates:
+    requeued: list[Delivery] = []
+    for job_id, queue, attempt, pack_id in candidates:
         result = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.attempt == attempt, Job.status == JobStatus.running, Job.heartbeat_at < stale)
             .values(status=JobStatus.queued, enqueued_at=now, worker=None)
         )
         if result.rowcount:  # type: ignore[attr-defined]
-            requeued.append((job_id, queue))
+            requeued.append((job_id, queue, pack_id))
     return requeued
 
 
-def requeue_stalled_queued(session: Session, *, after_s: float) -> list[tuple[int, str]]:
+def requeue_stalled_queued(session: Session, *, after_s: float) -> list[Delivery]:
     """Re-enqueue jobs queued for longer than ``after_s`` while the workers are idle.
 
     Idle means no job has run or finished for ``after_s``: then an old queued job's message was
@@ -426,11 +432,13 @@ def requeue_stalled_queued(session: Session, *, after_s: float) -> list[tuple[in
     if session.execute(running.limit(1)).first() or session.execute(finished.limit(1)).first():
         return []
     rows = session.execute(
-        select(Job.id, Job.queue).where(Job.status == JobStatus.queued, Job.enqueued_at < cutoff).order_by(Job.id)
+        select(Job.id, Job.queue, Job.pack_id)
+        .where(Job.status == JobStatus.queued, Job.enqueued_at < cutoff)
+        .order_by(Job.id)
     ).all()
     if rows:
         session.execute(update(Job).where(Job.id.in_([r.id for r in rows])).values(enqueued_at=now))
-    return [(r.id, r.queue) for r in rows]
+    return [(r.id, r.queue, r.pack_id) for r in rows]
 
 
 def delete_job(session: Session, job_id: int) -> None:
@@ -438,18 +446,47 @@ def delete_job(session: Session, job_id: int) -> None:
     session.execute(delete(Job).where(Job.id == job_id, Job.status == JobStatus.queued))
 
 
-def claim_unsent(session: Session) -> list[tuple[int, str]]:
+def claim_unsent(session: Session) -> list[Delivery]:
     """Queued jobs whose enqueue failed (``enqueued_at`` is NULL), stamped as sent now."""
     rows = session.execute(
-        select(Job.id, Job.queue).where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None)).order_by(Job.id)
+        select(Job.id, Job.queue, Job.pack_id)
+        .where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None))
+        .order_by(Job.id)
     ).all()
     if rows:
         session.execute(
             update(Job).where(Job.id.in_([r.id for r in rows]), Job.enqueued_at.is_(None)).values(enqueued_at=utcnow())
         )
-    return [(r.id, r.queue) for r in rows]
+    return [(r.id, r.queue, r.pack_id) for r in rows]
 
 
-def mark_unsent(session: Session, job_id: int) -> None:
-    """Record that a queued job's message did not reach the broker, so the next pass sends it."""
-    session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.queued).values(enqueued_at=None))
+def mark_unsent(session: Session, job_id: int, pack_id: str | None = None) -> None:
+    """Record that a queued job's (or a whole pack's) message did not reach the broker, so the
+    next pass sends it."""
+    which = Job.pack_id == pack_id if pack_id is not None else Job.id == job_id
+    session.execute(update(Job).where(which, Job.status == JobStatus.queued).values(enqueued_at=None))
+
+
+# --- packs -----------------------------------------------------------------------------------
+
+
+def claim_pack(session: Session, pack_id: str, *, worker: str, stale_after_s: float) -> list[Claim]:
+    """Claim every claimable job of a pack (see ``claim``); the others (finished, cancelled,
+    owned by a live worker) stay out of this attempt."""
+    ids = session.scalars(select(Job.id).where(Job.pack_id == pack_id).order_by(Job.id)).all()
+    claims = (claim(session, job_id, worker=worker, stale_after_s=stale_after_s) for job_id in ids)
+    return [c for c in claims if c is not None]
+
+
+def heartbeat_many(session: Session, attempts: Mapping[int, int]) -> dict[int, Ownership]:
+    """``heartbeat`` for many jobs (id → attempt) in one statement."""
+    if not attempts:
+        return {}
+    rows = session.execute(
+        update(Job)
+        .where(or_(*(_owned(job_id, attempt) for job_id, attempt in attempts.items())))
+        .values(heartbeat_at=utcnow())
+        .returning(Job.id, Job.cancel_requested)
+    ).all()
+    found = {row.id: bool(row.cancel_requested) for row in rows}
+    return {job_id: Ownership(job_id in found, found.get(job_id, False)) for job_id in attempts}

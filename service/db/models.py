@@ -84,6 +84,8 @@ class Sweep(Base):
     created_at: Mapped[dt.datetime]
     n_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # How its jobs run: auto (packed where they can be), packed, or separate.
+    execution: Mapped[str] = mapped_column(String(16), default="separate", server_default="separate")
 
 
 class Job(Base):
@@ -102,10 +104,13 @@ class Job(Base):
         Index("ix_jobs_final_val_accuracy", "final_val_accuracy", "id"),
         Index("ix_jobs_sweep_config", "sweep_id", "config_hash"),
         Index("ix_jobs_finished_at", "finished_at"),
+        Index("ix_jobs_pack_id", "pack_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
+    # Jobs with the same pack_id train together in one worker task (optim_engine.train_packed).
+    pack_id: Mapped[str | None] = mapped_column(String(32))
     # A sweep's configuration: the searched values (seed excluded) and a hash of the spec without
     # its seed, so jobs that differ only in seed group together in the leaderboard.
     config: Mapped[dict[str, Any] | None]

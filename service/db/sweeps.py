@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from optim_engine.spec import variant_names
+from service.db.jobs import Delivery
 from service.db.models import METRIC_COLUMNS, Job, JobStatus, JobTag, Sweep
 from service.db.session import utcnow
 from service.errors import IdempotencyConflict, InvalidRequest, SweepNotFound
@@ -27,17 +28,23 @@ def create_sweep(
     trials: Sequence[Trial],
     *,
     queue_for: Callable[[str], str],
+    packs: Sequence[str | None] | None = None,
     idempotency_key: str | None = None,
-) -> tuple[Sweep, list[tuple[int, str]]]:
+) -> tuple[Sweep, list[Delivery]]:
     """Insert the sweep and all its jobs in the session's transaction.
 
-    Returns the sweep and its new jobs' (id, queue) to enqueue; no jobs when the idempotency
-    key names an existing sweep for the same request.
+    ``packs`` gives each trial's pack id (see ``service.sweeps.plan_packs``; None: separate).
+    Returns the sweep and its new jobs' deliveries; none when the idempotency key names an
+    existing sweep for the same request.
     """
     if idempotency_key is not None:
         existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).one_or_none()
         if existing is not None:
-            if existing.template != encode(request.base) or existing.search != request.search_definition():
+            if (
+                existing.template != encode(request.base)
+                or existing.search != request.search_definition()
+                or existing.execution != request.execution
+            ):
                 raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for sweep {existing.id}")
             return existing, []
     now = utcnow()
@@ -48,13 +55,14 @@ def create_sweep(
         created_at=now,
         n_jobs=len(trials),
         idempotency_key=idempotency_key,
+        execution=request.execution,
     )
     try:
         with session.begin_nested():
             session.add(sweep)
             session.flush()
     except IntegrityError:  # a concurrent POST with the same key won
-        return create_sweep(session, request, trials, queue_for=queue_for, idempotency_key=idempotency_key)
+        return create_sweep(session, request, trials, queue_for=queue_for, packs=packs, idempotency_key=idempotency_key)
     rows = [
         {
             "sweep_id": sweep.id,
@@ -71,15 +79,16 @@ def create_sweep(
             "created_at": now,
             "enqueued_at": now,
             "epochs_done": 0,
+            "pack_id": pack_id,
         }
-        for trial in trials
+        for trial, pack_id in zip(trials, packs if packs is not None else [None] * len(trials), strict=True)
     ]
     # One batched INSERT ... RETURNING, not a flush per job.
-    created = session.execute(insert(Job).returning(Job.id, Job.queue, sort_by_parameter_order=True), rows)
-    jobs = [(job_id, queue) for job_id, queue in created]
+    created = session.execute(insert(Job).returning(Job.id, Job.queue, Job.pack_id, sort_by_parameter_order=True), rows)
+    jobs: list[Delivery] = [(job_id, queue, pack_id) for job_id, queue, pack_id in created]
     if request.tags:
         tags = dict.fromkeys(request.tags)
-        session.execute(insert(JobTag), [{"job_id": job_id, "tag": tag} for job_id, _ in jobs for tag in tags])
+        session.execute(insert(JobTag), [{"job_id": job[0], "tag": tag} for job in jobs for tag in tags])
     return sweep, jobs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,3 +169,64 @@ def test_a_database_outage_mid_job_loses_nothing(tmp_path: Path, logs: Path, red
         finally:
             for proc in procs:
                 proc.stop()
+
+
+def _run_sweep(api: Api, execution: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The 4 x 5 x 3 grid of the issue (60 jobs) on an MLP over digits; (sweep, jobs, leaderboard)."""
+    body = {
+        "name": f"lr x momentum, {execution}",
+        "base": {
+            "model": {"name": "mlp", "params": {"depth": 1, "width": 32}},
+            "dataset": {"name": "digits"},
+            "loss": "cross_entropy",
+            "optimizer": {"name": "sgd"},
+            "epochs": 6,
+            "batch_size": 64,
+            "device": "cpu",
+        },
+        "grid": {"optimizer.lr": [0.3, 0.1, 0.03, 0.01], "optimizer.params.momentum": [0.0, 0.5, 0.9, 0.95, 0.99]},
+        "seeds": [0, 1, 2],
+        "execution": execution,
+    }
+    response = api.http.post("/v1/sweeps", json=body)
+    assert response.status_code == 201, response.text
+    sweep_id = response.json()["id"]
+    done = wait_for(
+        lambda: s if (s := api.http.get(f"/v1/sweeps/{sweep_id}").json())["done"] else None, 240, f"{execution} sweep"
+    )
+    jobs = api.http.get("/v1/jobs", params={"sweep_id": sweep_id, "limit": 500}).json()["items"]
+    board = api.http.get(f"/v1/sweeps/{sweep_id}/leaderboard", params={"metric": "val_loss"}).json()["rows"]
+    return done, jobs, board
+
+
+def test_a_packed_sweep_equals_the_same_sweep_run_separately(deployment: Deployment) -> None:
+    api = deployment.api
+    packed, packed_jobs, packed_board = _run_sweep(api, "packed")
+    separate, separate_jobs, separate_board = _run_sweep(api, "separate")
+    for sweep, jobs in ((packed, packed_jobs), (separate, separate_jobs)):
+        assert sweep["n_jobs"] == len(jobs) == 60
+        assert sweep["counts"]["succeeded"] + sweep["counts"]["diverged"] == 60
+        metrics = api.http.get(f"/v1/sweeps/{sweep['id']}/metrics", params={"format": "csv"}).text.splitlines()
+        assert len(metrics) == 1 + sum(job["summary"]["epochs_done"] for job in jobs)
+    assert packed["counts"] == separate["counts"]
+    packs = {job["pack_id"] for job in packed_jobs}
+    assert None not in packs
+    assert len(packs) == 2, "60 jobs, OPTIMLAB_PACK_MAX 32: two packs of 30"
+    assert len({job["worker"] for job in packed_jobs}) == 2, "the two packs ran on both workers"
+    assert {job["pack_id"] for job in separate_jobs} == {None}
+    assert packed_jobs[0]["environment"]["optimizer_implementation"] == "packed"
+
+    # The leaderboards agree: the same configurations, statistics within float32 drift.
+    assert len(packed_board) == len(separate_board) == 20
+    theirs = {row["config_hash"]: row for row in separate_board}
+    diffs = []
+    for row in packed_board:
+        other = theirs[row["config_hash"]]
+        assert (row["n"], row["diverged"], row["failed"]) == (other["n"], other["diverged"], other["failed"])
+        for name in ("mean", "std", "min", "max", "ci95_low", "ci95_high"):
+            if row[name] is None or other[name] is None:
+                assert row[name] == other[name]
+            else:
+                diffs.append(abs(row[name] - other[name]))
+    assert statistics.median(diffs) <= 1e-6
+    assert max(diffs) <= 1e-4

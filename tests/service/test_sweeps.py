@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import statistics
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api import create_app
 from service.db.models import EpochMetric, Job, JobStatus, Sweep
-from service.sweeps import SweepCreate, SweepInvalid, apply, configurations, count, expand
+from service.sweeps import SweepCreate, SweepInvalid, apply, configurations, count, expand, plan_packs
 from tests.conftest import seed_spec, service_settings
 from tests.factories import advance
 
@@ -130,8 +131,9 @@ def counts(sessions: sessionmaker[Session]) -> tuple[int, int]:
         )
 
 
+@pytest.mark.parametrize(("execution", "messages"), [("separate", 60), ("auto", 2)])
 def test_a_4x5_grid_over_3_seeds_creates_60_jobs_at_once(
-    client: TestClient, sessions: sessionmaker[Session], tmp_path: Path
+    client: TestClient, sessions: sessionmaker[Session], tmp_path: Path, execution: str, messages: int
 ) -> None:
     body = {
         "name": "lr x momentum",
@@ -139,17 +141,60 @@ def test_a_4x5_grid_over_3_seeds_creates_60_jobs_at_once(
         "grid": {"optimizer.lr": [0.1, 0.03, 0.01, 0.003], "optimizer.params.momentum": [0.0, 0.5, 0.9, 0.95, 0.99]},
         "seeds": [0, 1, 2],
         "tags": ["grid"],
+        "execution": execution,
     }
     response = client.post("/v1/sweeps", json=body)
     assert response.status_code == 201, response.text
     created = response.json()
     assert (created["n_jobs"], created["counts"]["queued"], created["done"]) == (60, 60, False)
+    assert created["execution"] == execution
     assert counts(sessions) == (1, 60)
-    assert len(list((tmp_path / "home" / "broker" / "queue").glob("*.msg"))) == 60
+    # auto: one task per pack; the cap of 32 splits the 60 into two packs of 30.
+    assert len(list((tmp_path / "home" / "broker" / "queue").glob("*.msg"))) == messages
     jobs = client.get("/v1/jobs", params={"sweep_id": created["id"], "limit": 500}).json()["items"]
     assert {job["spec"]["seed"] for job in jobs} == {0, 1, 2}
     assert len({tuple(sorted(job["config"].items())) for job in jobs}) == 20
     assert all(job["tags"] == ["grid"] for job in jobs)
+    packs = [job["pack_id"] for job in jobs]
+    if execution == "separate":
+        assert packs == [None] * 60
+    else:
+        assert sorted(packs.count(p) for p in set(packs)) == [30, 30]
+
+
+def test_pack_plan_groups_by_pack_key_and_explains_what_cannot_pack() -> None:
+    mixed = sweep(
+        grid={"optimizer.lr": [0.1, 0.01], "batch_size": [16, 32], "optimizer.name": ["sgd", "nadam"]}, seeds=[0, 1]
+    )
+    trials = expand(mixed)
+    packs = plan_packs(trials, "auto", pack_max=32)
+    by_pack: dict[str | None, set[tuple[str, int]]] = {}
+    for trial, pack in zip(trials, packs, strict=True):
+        by_pack.setdefault(pack, set()).add((trial.spec.optimizer.name, trial.spec.batch_size))
+    assert by_pack[None] == {("nadam", 16), ("nadam", 32)}  # not packable: run separately
+    assert sorted(v for k, v in by_pack.items() if k is not None) == [{("sgd", 16)}, {("sgd", 32)}]
+    assert plan_packs(trials, "separate", pack_max=32) == [None] * len(trials)
+    with pytest.raises(SweepInvalid) as invalid:
+        plan_packs(trials, "packed", pack_max=32)
+    assert invalid.value.problems[0]["errors"][0]["field"] == "spec.optimizer.name"
+    assert "cannot be packed" in invalid.value.problems[0]["errors"][0]["msg"]
+
+    many = expand(sweep(grid={"optimizer.lr": [0.1, 0.01, 0.001]}, seeds=list(range(7))))
+    sizes = sorted(Counter(plan_packs(many, "auto", pack_max=8)).values())
+    assert sizes == [7, 7, 7]  # 21 trials, cap 8: three even packs, not 8 + 8 + 5
+    alone = expand(sweep(seeds=[0]))
+    assert plan_packs(alone, "auto", pack_max=8) == [None]
+    assert plan_packs(alone, "packed", pack_max=8) != [None]
+
+
+def test_execution_packed_rejects_an_unpackable_sweep(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    body = {"base": BASE, "grid": {"optimizer.name": ["sgd", "nadam"]}, "execution": "packed"}
+    response = client.post("/v1/sweeps", json=body)
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [d["combination"]["optimizer.name"] for d in detail] == ["nadam"]
+    assert detail[0]["field"] == "spec.optimizer.name"
+    assert counts(sessions) == (0, 0)
 
 
 def test_one_invalid_combination_rejects_the_whole_sweep(client: TestClient, sessions: sessionmaker[Session]) -> None:

@@ -268,7 +268,7 @@ def test_stalled_queued_jobs_are_resent_only_when_no_worker_is_busy(
         assert job_ops.requeue_stalled_queued(session, after_s=30) == []  # a job just finished: still a backlog
         session.execute(update(Job).where(Job.id == busy).values(finished_at=old))  # ... 30 s of silence
     with sessions() as session, session.begin():
-        assert job_ops.requeue_stalled_queued(session, after_s=30) == [(waiting, "cpu")]
+        assert job_ops.requeue_stalled_queued(session, after_s=30) == [(waiting, "cpu", None)]
     with sessions() as session, session.begin():
         assert job_ops.requeue_stalled_queued(session, after_s=30) == []
 
