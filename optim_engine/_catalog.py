@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from optim_engine import spec as _spec
+from optim_engine.packing import PACKABLE_MODELS, PACKABLE_OPTIMIZERS
 
 
 def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
@@ -22,6 +23,8 @@ def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
         "params_schema": params_model.model_json_schema() if params_model is not None else {},
         "available": True,
     }
+    if kind in ("optimizer", "model"):  # whether sweeps can train it in packs (train_packed)
+        entry["packable"] = name in (PACKABLE_OPTIMIZERS if kind == "optimizer" else PACKABLE_MODELS)
     if kind == "optimizer":
         entry["default_lr"] = fields["lr"].default
         entry["target"] = variant.target  # type: ignore[attr-defined]

@@ -199,3 +199,12 @@ def test_pack_restores_the_global_rng_and_thread_count() -> None:
     train_packed([digits_spec({"name": "sgd", "lr": 0.1}, epochs=1)], num_threads=2)
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.get_num_threads() == threads
+
+
+def test_the_catalog_says_what_packs() -> None:
+    from optim_engine import catalog
+
+    entries = catalog()
+    packable = {e["name"] for key in ("models", "optimizers") for e in entries[key] if e.get("packable")}
+    assert packable == {"linear", "logistic_regression", "mlp", "sgd", "adam", "adamw", "rmsprop", "adagrad"}
+    assert next(e for e in entries["models"] if e["name"] == "cnn")["packable"] is False
