@@ -12,6 +12,7 @@ import shutil
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -354,7 +355,10 @@ def execute_pack(pack_id: str, sessions: sessionmaker[Session], settings: Settin
         beat.join()
     if not settings.keep_checkpoints and not any(a.lost for a in attempts.by_job.values()):
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    counts = {str(s): sum(1 for v in statuses.values() if v == s) for s in set(statuses.values())}
+    lost = [job_id for job_id, a in attempts.by_job.items() if a.lost and not a.finished]
+    if lost:
+        log.warning("pack %s: jobs %s lost ownership; they wrote no result", pack_id, lost)
+    counts = Counter(statuses.values()) + Counter({"lost": len(lost)} if lost else {})
     return " ".join(f"{name}={n}" for name, n in sorted(counts.items()))
 
 

@@ -118,6 +118,31 @@ def test_sigkill_mid_job_resumes_from_the_checkpoint(deployment: Deployment) -> 
     assert_every_epoch_once(api.metrics(job["id"]), 40)
 
 
+def test_sigkill_mid_pack_resumes_every_job_from_the_pack_checkpoint(deployment: Deployment) -> None:
+    api = deployment.api
+    body = {"base": slow_spec(40), "grid": {"optimizer.lr": [0.01, 0.02]}, "seeds": [0, 1], "execution": "packed"}
+    response = api.http.post("/v1/sweeps", json=body)
+    assert response.status_code == 201, response.text
+    jobs = api.http.get("/v1/jobs", params={"sweep_id": response.json()["id"]}).json()["items"]
+    (pack_id,) = {job["pack_id"] for job in jobs}
+    checkpoint = Path(deployment.env["OPTIMLAB_HOME"]) / "checkpoints" / f"pack-{pack_id}" / "pack.pt"
+    wait_for(checkpoint.exists, 60, "the pack's first checkpoint")
+    running = [api.job(job["id"]) for job in jobs]
+    assert {job["status"] for job in running} == {"running"}
+    assert len({job["worker"] for job in running}) == 1, "one worker trains the whole pack"
+    child_pid = int(running[0]["worker"].rsplit(":", 1)[1])
+    victim = next(w for w in deployment.workers if w.popen.pid == os.getpgid(child_pid))
+    victim.kill(signal.SIGKILL)
+    deployment.workers.remove(victim)
+    deployment.start_worker("w3")
+    for job in jobs:
+        done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
+        assert done["status"] == "succeeded", done
+        assert done["attempt"] == 2
+        assert done["summary"]["resumed_from_epoch"] >= 1, "it resumed from the pack's checkpoint"
+        assert_every_epoch_once(api.metrics(job["id"]), 40)
+
+
 def test_a_redelivered_task_for_a_finished_job_changes_nothing(deployment: Deployment) -> None:
     api = deployment.api
     job = api.submit(slow_spec(3, n_samples=512))
