@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from optim_engine.results import EpochMetrics
+from optim_engine.spec import EarlyStopping
 
 FILENAME = "checkpoint.pt"
 _FORMAT = 1
@@ -23,6 +24,18 @@ class RunState:
     first_loss: float | None = None
     best_monitored: float | None = None
     epochs_without_improvement: int = 0
+
+    def stops_early(self, metrics: EpochMetrics, early: EarlyStopping | None) -> bool:
+        """Record an epoch's monitored loss; True once it has not improved for ``patience`` epochs."""
+        if early is None:
+            return False
+        value = metrics.val_loss if early.monitor == "val_loss" else metrics.train_loss
+        assert value is not None  # the spec validator guarantees a validation set for val_loss
+        if self.best_monitored is None or value < self.best_monitored - early.min_delta:
+            self.best_monitored, self.epochs_without_improvement = value, 0
+        else:
+            self.epochs_without_improvement += 1
+        return self.epochs_without_improvement >= early.patience
 
 
 def save(

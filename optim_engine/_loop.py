@@ -156,15 +156,7 @@ def _run(
             per_epoch.step(metrics.monitored_loss)
         elif per_epoch is not None:
             per_epoch.step()
-        stop_early = False
-        if early is not None:
-            value = metrics.val_loss if early.monitor == "val_loss" else metrics.train_loss
-            assert value is not None  # the spec validator guarantees a validation set for val_loss
-            if state.best_monitored is None or value < state.best_monitored - early.min_delta:
-                state.best_monitored, state.epochs_without_improvement = value, 0
-            else:
-                state.epochs_without_improvement += 1
-            stop_early = state.epochs_without_improvement >= early.patience
+        stop_early = state.stops_early(metrics, early)
         if checkpoint_dir is not None and time.monotonic() - last_checkpoint >= checkpoint_every_s:
             last_checkpoint = time.monotonic()
             _checkpoint.save(

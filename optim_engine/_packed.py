@@ -406,16 +406,7 @@ class _Pack:
             trial.scheduler.step(metrics.monitored_loss)
         elif trial.scheduler is not None and not trial.per_step:
             trial.scheduler.step()
-        early = spec.early_stopping
-        if early is not None:
-            value = metrics.val_loss if early.monitor == "val_loss" else metrics.train_loss
-            assert value is not None  # the spec validator guarantees a validation set for val_loss
-            if state.best_monitored is None or value < state.best_monitored - early.min_delta:
-                state.best_monitored, state.epochs_without_improvement = value, 0
-            else:
-                state.epochs_without_improvement += 1
-            return state.epochs_without_improvement >= early.patience
-        return False
+        return state.stops_early(metrics, spec.early_stopping)
 
     def _drop_ended(self) -> None:
         """Take ended trials' rows out of the parameters and optimizer state."""

@@ -13,7 +13,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
 from pathlib import Path
@@ -116,19 +117,12 @@ def execute_job(job_id: int, sessions: sessionmaker[Session], settings: Settings
     log.info("job %s: attempt %s starting", job_id, attempt.number)
     checkpoint_dir = settings.resolved_checkpoint_dir() / str(job_id)
 
-    stop_heartbeat = threading.Event()
-    beat = threading.Thread(
-        target=_heartbeat, args=(sessions, attempt, settings.heartbeat_interval_s, stop_heartbeat), daemon=True
-    )
-    beat.start()
     try:
-        status = _train(claimed.spec, sessions, settings, attempt, checkpoint_dir)
+        with _beating(partial(_heartbeat, sessions, attempt, settings.heartbeat_interval_s)):
+            status = _train(claimed.spec, sessions, settings, attempt, checkpoint_dir)
     except DatabaseLost as exc:
         log.error("job %s: %s; leaving it to be requeued", job_id, exc)
         return "database_lost"
-    finally:
-        stop_heartbeat.set()
-        beat.join()
     if attempt.lost:
         log.warning("job %s: attempt %s lost ownership; it wrote no result", job_id, attempt.number)
         return "lost"
@@ -278,6 +272,19 @@ def _with_db(sessions: sessionmaker[Session], work: Callable[[Session], T], atte
     raise AssertionError("unreachable")
 
 
+@contextmanager
+def _beating(beat: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Run ``beat(stop)`` on a daemon thread for the duration of the block."""
+    stop = threading.Event()
+    thread = threading.Thread(target=beat, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _heartbeat(sessions: sessionmaker[Session], attempt: _Attempt, interval: float, stop: threading.Event) -> None:
     """Prove the worker lives, and pick up a cancel request during a long epoch."""
     while not stop.wait(interval):
@@ -340,19 +347,12 @@ def execute_pack(pack_id: str, sessions: sessionmaker[Session], settings: Settin
     attempts = _PackAttempts(claims)
     log.info("pack %s: %s jobs starting (%s)", pack_id, len(claims), ", ".join(str(c.job_id) for c in claims))
     checkpoint_dir = settings.resolved_checkpoint_dir() / f"pack-{pack_id}"
-    stop_heartbeat = threading.Event()
-    beat = threading.Thread(
-        target=_pack_heartbeat, args=(sessions, attempts, settings.heartbeat_interval_s, stop_heartbeat), daemon=True
-    )
-    beat.start()
     try:
-        statuses = _train_pack(claims, sessions, settings, attempts, checkpoint_dir)
+        with _beating(partial(_pack_heartbeat, sessions, attempts, settings.heartbeat_interval_s)):
+            statuses = _train_pack(claims, sessions, settings, attempts, checkpoint_dir)
     except DatabaseLost as exc:
         log.error("pack %s: %s; leaving its jobs to be requeued", pack_id, exc)
         return "database_lost"
-    finally:
-        stop_heartbeat.set()
-        beat.join()
     if not settings.keep_checkpoints and not any(a.lost for a in attempts.by_job.values()):
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     lost = [job_id for job_id, a in attempts.by_job.items() if a.lost and not a.finished]
