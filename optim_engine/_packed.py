@@ -127,7 +127,6 @@ class _Layout:
             else:
                 self.ops.append(("act", module))
         self.sizes = [int(torch.Size(s).numel()) for s in self.shapes]
-        self.width = sum(self.sizes)
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer views of ``flat`` ([N, D]): weights [N, in, out], biases [N, 1, out]."""
