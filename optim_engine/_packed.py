@@ -96,6 +96,24 @@ class _Group:
     decoupled: bool = False
 
 
+class _Columns:
+    """A group's hyperparameter columns over an epoch's steps: the ones a schedule or a bias
+    correction changes are indexed per step, the others are built once."""
+
+    def __init__(self, table: torch.Tensor, device: torch.device) -> None:
+        # table: [steps, rows, columns] float32 on the CPU.
+        varies = (table != table[0]).flatten(0, 1).any(dim=0).tolist()
+        self.fixed = [table[0, :, c].unsqueeze(-1).to(device) for c in range(table.shape[-1])]
+        self.varying = [(c, table[:, :, c].unsqueeze(-1).to(device)) for c, v in enumerate(varies) if v]
+
+    def at(self, step: int) -> list[torch.Tensor]:
+        """Each column for one step, as [rows, 1]."""
+        columns = list(self.fixed)
+        for c, per_step in self.varying:
+            columns[c] = per_step[step]
+        return columns
+
+
 class _Layout:
     """The model as a list of ops over views into a trial's flat parameter row.
 
@@ -450,8 +468,9 @@ class _Pack:
         for step, start in enumerate(range(0, n, self.batch_size)):
             index = orders[:, start : start + self.batch_size]
             batch = index.shape[1]
-            xb = self.x_train.index_select(0, index.reshape(-1)).view(n_trials, batch, -1)
-            yb = data.y_train.index_select(0, index.reshape(-1))
+            flat = index.reshape(-1)
+            xb = self.x_train.index_select(0, flat).view(n_trials, batch, -1)
+            yb = data.y_train.index_select(0, flat)
             with torch.no_grad():
                 losses = self.layout.gradients(weights, grad_views, xb, partial(self._loss_and_grad, target=yb))
                 last = step == self.steps - 1
@@ -461,7 +480,7 @@ class _Pack:
                     grads.mul_((clip / (norms + 1e-6)).clamp_(max=1.0).unsqueeze(1))
                 self.step += 1
                 for group in self.groups:
-                    self._update(group, grads, hyper[id(group)][step])
+                    self._update(group, grads, hyper[id(group)].at(step))
                 loss_sum.add_(losses.detach(), alpha=batch)
                 if first is None and any(need_first):
                     first = losses.detach().clone()
@@ -558,9 +577,9 @@ class _Pack:
 
     # -- the vectorized optimizers
 
-    def _hyper(self) -> tuple[dict[int, torch.Tensor], list[float]]:
-        """Every group's per-step columns for this epoch ([steps, rows, columns], float32), and
-        each trial's learning rate at the epoch's first step."""
+    def _hyper(self) -> tuple[dict[int, _Columns], list[float]]:
+        """Every group's per-step columns for this epoch, and each trial's learning rate at the
+        epoch's first step."""
         steps = self.steps
         raws = []
         for trial in self.rows:
@@ -575,17 +594,17 @@ class _Pack:
                 raws.append(torch.tensor([trial.raw()], dtype=torch.float64).expand(steps, -1))
         first_lrs = [float(raw[0, 0]) for raw in raws]
         t = torch.arange(self.step + 1, self.step + steps + 1, dtype=torch.float64).unsqueeze(1)
-        tables: dict[int, torch.Tensor] = {}
+        tables: dict[int, _Columns] = {}
         for group in self.groups:
             raw = torch.stack(raws[group.start : group.stop], dim=1)  # [steps, rows, raw columns]
             columns = _DERIVE[group.family](raw.unbind(-1), t)
-            tables[id(group)] = torch.stack(columns, dim=-1).to(self.device, torch.float32).unsqueeze(-1)
+            tables[id(group)] = _Columns(torch.stack(columns, dim=-1).float(), self.device)
         return tables, first_lrs
 
-    def _update(self, group: _Group, grads: torch.Tensor, hyper: torch.Tensor) -> None:
-        """One optimizer step for the group's rows; ``hyper`` is [rows, columns, 1]."""
+    def _update(self, group: _Group, grads: torch.Tensor, columns: list[torch.Tensor]) -> None:
+        """One optimizer step for the group's rows; ``columns`` are its [rows, 1] hyperparameters."""
         step = getattr(self, f"_{group.family}")
-        step(group, self.params[group.start : group.stop], grads[group.start : group.stop], list(hyper.unbind(1)))
+        step(group, self.params[group.start : group.stop], grads[group.start : group.stop], columns)
 
     def _sgd(self, group: _Group, p: torch.Tensor, g: torch.Tensor, h: list[torch.Tensor]) -> None:
         neg_lr, momentum, keep, nesterov, wd, sign = h
