@@ -381,8 +381,9 @@ def _train_pack(
             log.exception("job %s: spec no longer valid", claim.job_id)
             attempt = attempts.by_job[claim.job_id]
             write = partial(job_ops.finish, job_id=claim.job_id, attempt=attempt.number, status=JobStatus.failed)
-            _with_db(sessions, partial(write, error=f"spec: {exc}"))
-            statuses[claim.job_id] = JobStatus.failed
+            if _with_db(sessions, partial(write, error=f"spec: {exc}")):
+                statuses[claim.job_id] = JobStatus.failed
+            attempt.finished = True  # out of this pack either way: no more heartbeats for it
             continue
         specs.append(spec)
         job_ids.append(claim.job_id)

@@ -179,3 +179,48 @@ def test_reaper_sends_a_stale_pack_once(sessions: sessionmaker[Session], setting
     body = json.loads(messages[0].read_text())
     assert body["headers"]["task"] == "workers.run_pack"
     assert [job(sessions, i).status for i in ids] == ["queued"] * 4
+
+
+def test_a_training_error_fails_the_unfinished_jobs_with_its_message(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from optim_engine import _packed
+
+    ids = create_pack(sessions, SPECS)  # the lr = 10 job diverges at epoch 1, before the error
+    epoch = _packed._Pack._epoch
+
+    def fails_at_epoch_3(pack: Any, number: int) -> Any:
+        if number == 3:
+            raise RuntimeError("boom")
+        return epoch(pack, number)
+
+    monkeypatch.setattr(_packed._Pack, "_epoch", fails_at_epoch_3)
+    assert execute_pack(PACK, sessions, settings) == "diverged=1 failed=3"
+    for job_id in ids:
+        failed = job(sessions, job_id)
+        if job_id == ids[2]:
+            assert failed.status == "diverged"
+            continue
+        assert (failed.status, failed.error, failed.epochs_done) == ("failed", "RuntimeError: boom", 2)
+        assert [r.epoch for r in rows_of(sessions, job_id)] == [1, 2]
+
+
+def test_a_pack_whose_data_vanished_fails_every_job_cleanly(
+    sessions: sessionmaker[Session], settings: Settings, data_root: Path
+) -> None:
+    import numpy as np
+
+    np.savez(data_root / "d.npz", x=np.zeros((8, 3), np.float32), y=np.linspace(0.1, 0.9, 8, dtype=np.float32))
+    dataset = {"name": "npz", "params": {"path": "d.npz", "task": "regression"}}
+    specs = [
+        {"model": {"name": "linear"}, "dataset": dataset, "loss": "mse", "optimizer": {"name": "sgd"}, "seed": seed}
+        for seed in (0, 1)
+    ]
+    ids = create_pack(sessions, specs)
+    (data_root / "d.npz").unlink()
+    assert execute_pack(PACK, sessions, settings) == "failed=2"
+    for job_id in ids:
+        failed = job(sessions, job_id)
+        assert failed.status == "failed"
+        assert failed.error is not None
+        assert failed.error.startswith("spec:")
