@@ -35,7 +35,30 @@ class RunState:
             self.best_monitored, self.epochs_without_improvement = value, 0
         else:
             self.epochs_without_improvement += 1
-        return self.epochs_without_improvement >= early.patience
+        return self.stopped(early)
+
+    def stopped(self, early: EarlyStopping | None) -> bool:
+        """Whether early stopping has ended the run (also true of a run restored at that epoch)."""
+        return early is not None and self.epochs_without_improvement >= early.patience
+
+    def as_dict(self) -> dict[str, Any]:
+        """The state as plain values, for a checkpoint."""
+        return {
+            "history": [m.as_dict() for m in self.history],
+            "first_loss": self.first_loss,
+            "best_monitored": self.best_monitored,
+            "epochs_without_improvement": self.epochs_without_improvement,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunState:
+        """The inverse of ``as_dict`` (extra keys are ignored)."""
+        return cls(
+            history=[EpochMetrics(**m) for m in values["history"]],
+            first_loss=values["first_loss"],
+            best_monitored=values["best_monitored"],
+            epochs_without_improvement=values["epochs_without_improvement"],
+        )
 
 
 def save(
@@ -58,10 +81,7 @@ def save(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "cpu_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "history": [m.as_dict() for m in state.history],
-        "first_loss": state.first_loss,
-        "best_monitored": state.best_monitored,
-        "epochs_without_improvement": state.epochs_without_improvement,
+        **state.as_dict(),
     }
     tmp = directory / f".{FILENAME}.{os.getpid()}.tmp"
     torch.save(payload, tmp)
@@ -92,9 +112,4 @@ def load(
     torch.set_rng_state(payload["cpu_rng"])
     if payload["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(payload["cuda_rng"])
-    return RunState(
-        history=[EpochMetrics(**m) for m in payload["history"]],
-        first_loss=payload["first_loss"],
-        best_monitored=payload["best_monitored"],
-        epochs_without_improvement=payload["epochs_without_improvement"],
-    )
+    return RunState.from_dict(payload)

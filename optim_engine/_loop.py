@@ -50,16 +50,23 @@ def _threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _environment(spec: JobSpec, device: torch.device, optimizer: torch.optim.Optimizer, bf16: bool) -> dict[str, Any]:
+def machine(device: torch.device) -> dict[str, Any]:
+    """Where a run trains: versions, device and thread count (part of every run's environment)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     return {
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(device),
         "device_name": name,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _environment(spec: JobSpec, device: torch.device, optimizer: torch.optim.Optimizer, bf16: bool) -> dict[str, Any]:
+    return {
+        **machine(device),
         "dtype": "bfloat16-autocast" if bf16 else "float32",
         "seed": spec.seed,
-        "threads": torch.get_num_threads(),
         "optimizer_implementation": getattr(optimizer, "engine_implementation", "for-loop"),
         "compiled": spec.compile,
     }
@@ -135,7 +142,7 @@ def _run(
     outcome: Outcome = "completed"
     diverged_epoch = None
     early = spec.early_stopping
-    if early is not None and state.epochs_without_improvement >= early.patience:
+    if state.stopped(early):
         # Restored from the checkpoint of an epoch that had already stopped the run early.
         return TrainResult("early_stopped", state.history, environment, resumed_from_epoch=resumed_from)
     for epoch in range(len(state.history) + 1, spec.epochs + 1):

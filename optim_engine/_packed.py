@@ -12,7 +12,6 @@ divergence, early stopping and cancellation. A trial that ends leaves the pack; 
 from __future__ import annotations
 
 import os
-import platform
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from torch import nn
 from optim_engine import _seeding
 from optim_engine._checkpoint import RunState
 from optim_engine._datasets import TensorData, build_dataset
-from optim_engine._loop import EVAL_CHUNK, _diverged, _threads, resolve_device
+from optim_engine._loop import EVAL_CHUNK, _diverged, _threads, machine, resolve_device
 from optim_engine._models import build_loss, build_model
 from optim_engine._optim import Scheduler, build_optimizer, build_scheduler, steps_per_epoch
 from optim_engine.packing import can_pack
@@ -348,17 +347,9 @@ class _Pack:
             group.state = {"sum": column.expand_as(rows).clone()}
 
     def _environment(self, size: int) -> dict[str, Any]:
-        device = self.device
-        name = (
-            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-        )
         return {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "device": str(device),
-            "device_name": name,
+            **machine(self.device),
             "dtype": "float32",
-            "threads": torch.get_num_threads(),
             "optimizer_implementation": "packed",
             "compiled": False,
             "pack_size": size,
@@ -515,19 +506,15 @@ class _Pack:
     def _loss_and_grad(self, output: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-trial mean losses ([N]) and their gradient with respect to ``output``."""
         if isinstance(self.loss_fn, nn.CrossEntropyLoss):
-            n_trials, batch, classes = output.shape
-            logp = torch.log_softmax(output.transpose(1, 2), dim=1)  # [N, C, B]: see _losses
-            index = target.view(n_trials, 1, batch)
+            _, batch, classes = output.shape
+            losses, logp, index = self._cross_entropy(output, target)
             smoothing = self.loss_fn.label_smoothing
-            nll = -logp.gather(1, index).squeeze(1)
-            if smoothing > 0:
-                nll = (1 - smoothing) * nll - smoothing * logp.mean(1)
             # d/dz of the mean loss: (softmax - smoothed one-hot) / batch, with softmax = exp(logp).
             grad = logp.exp_()
             grad.scatter_add_(1, index, torch.full(index.shape, smoothing - 1, dtype=grad.dtype, device=grad.device))
             if smoothing > 0:
                 grad.sub_(smoothing / classes)
-            return nll.mean(1), grad.div_(batch).transpose(1, 2)
+            return losses, grad.div_(batch).transpose(1, 2)
         with torch.enable_grad():
             leaf = output.requires_grad_()
             losses = self._losses(leaf, target)
@@ -538,15 +525,24 @@ class _Pack:
         """Each trial's mean loss over its batch, shape [N]; ``target`` is the trials' batches
         stacked along dim 0. Per-sample losses, then a mean per trial: ``train``'s mean reduction."""
         if isinstance(self.loss_fn, nn.CrossEntropyLoss):
-            # log_softmax over a short last dim is slow on CPU; over dim 1 of [N, C, B] it is not.
-            logp = torch.log_softmax(output.transpose(1, 2), dim=1)
-            nll = -logp.gather(1, target.view(output.shape[0], 1, -1)).squeeze(1)
-            smoothing = self.loss_fn.label_smoothing
-            if smoothing > 0:
-                nll = (1 - smoothing) * nll - smoothing * logp.mean(1)
-            return nll.mean(1)
+            return self._cross_entropy(output, target)[0]
         per_sample = self.loss_fn(output.reshape(-1, output.shape[-1]), target)
         return per_sample.view(output.shape[0], -1).mean(1)  # type: ignore[no-any-return]
+
+    def _cross_entropy(
+        self, output: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-trial mean cross-entropy (with label smoothing), the log-probabilities [N, C, B]
+        and the target index [N, 1, B]. log_softmax over a short last dim is slow on CPU; over
+        dim 1 of [N, C, B] it is not."""
+        assert isinstance(self.loss_fn, nn.CrossEntropyLoss)
+        logp = torch.log_softmax(output.transpose(1, 2), dim=1)
+        index = target.view(output.shape[0], 1, -1)
+        nll = -logp.gather(1, index).squeeze(1)
+        smoothing = self.loss_fn.label_smoothing
+        if smoothing > 0:
+            nll = (1 - smoothing) * nll - smoothing * logp.mean(1)
+        return nll.mean(1), logp, index
 
     def _clip_column(self) -> torch.Tensor | None:
         clips = [t.spec.grad_clip_norm for t in self.rows]
@@ -622,7 +618,7 @@ class _Pack:
         p.addcmul_(g, neg_lr)
 
     def _adam(self, group: _Group, p: torch.Tensor, g: torch.Tensor, h: list[torch.Tensor]) -> None:
-        neg_step, one_minus_b1, _, one_minus_b2, bc2_sqrt, eps, wd, decay, sign = h
+        neg_step, one_minus_b1, one_minus_b2, bc2_sqrt, eps, wd, decay, sign = h
         state = group.state
         if group.maximize:
             g = g * sign
@@ -700,10 +696,7 @@ class _Pack:
                     "spec_hash": self.spec_hashes[t.key],
                     "shadow": t.shadow.state_dict(),
                     "scheduler": t.scheduler.state_dict() if t.scheduler is not None else None,
-                    "history": [m.as_dict() for m in t.state.history],
-                    "first_loss": t.state.first_loss,
-                    "best_monitored": t.state.best_monitored,
-                    "epochs_without_improvement": t.state.epochs_without_improvement,
+                    **t.state.as_dict(),
                     "outcome": t.outcome,
                     "diverged_epoch": t.diverged_epoch,
                 }
@@ -737,15 +730,9 @@ class _Pack:
             trial.shadow.load_state_dict(entry["shadow"])
             if trial.scheduler is not None:
                 trial.scheduler.load_state_dict(entry["scheduler"])
-            trial.state = RunState(
-                history=[EpochMetrics(**m) for m in entry["history"]],
-                first_loss=entry["first_loss"],
-                best_monitored=entry["best_monitored"],
-                epochs_without_improvement=entry["epochs_without_improvement"],
-            )
+            trial.state = RunState.from_dict(entry)
             trial.outcome, trial.diverged_epoch = entry["outcome"], entry["diverged_epoch"]
-            early = trial.spec.early_stopping
-            if trial.outcome is None and early is not None and trial.state.epochs_without_improvement >= early.patience:
+            if trial.outcome is None and trial.state.stopped(trial.spec.early_stopping):
                 trial.outcome = "early_stopped"  # checkpointed at the epoch that stopped it
             trial.resumed_from = len(trial.state.history)
         # Rebuild the checkpoint's row layout, then keep the rows of this pack's live trials.
@@ -770,7 +757,7 @@ def _adam_columns(raw: Sequence[torch.Tensor], t: torch.Tensor) -> list[torch.Te
     bc2_sqrt = (1 - beta2**t).sqrt()
     coupled = wd * (1 - decoupled)
     decay = 1 - lr * wd * decoupled
-    return [-step_size, 1 - beta1, beta2, 1 - beta2, bc2_sqrt, eps, coupled, decay, 1 - 2 * maximize]
+    return [-step_size, 1 - beta1, 1 - beta2, bc2_sqrt, eps, coupled, decay, 1 - 2 * maximize]
 
 
 def _rmsprop_columns(raw: Sequence[torch.Tensor], _: torch.Tensor) -> list[torch.Tensor]:

@@ -177,17 +177,20 @@ def _train(
         raise attempt.database_error
     if attempt.lost:
         return JobStatus.cancelled
-    # Rows from before a resume may be missing (a killed attempt's checkpoint can land before its
-    # rows reach the database), so they are written once more with the result.
-    resumed = result.resumed_from_epoch or 0
-    before_resume = [m.as_dict() for m in result.history if m.epoch <= resumed]
     return finish(
         OUTCOME_STATUS[result.outcome],
-        before_resume + pending,
+        _rows_before_resume(result) + pending,
         environment=result.environment,
         diverged_epoch=result.diverged_epoch,
         resumed_from_epoch=result.resumed_from_epoch,
     )
+
+
+def _rows_before_resume(result: Any) -> list[dict[str, Any]]:
+    """Rows from before a resume, to write once more with the result: a killed attempt's
+    checkpoint can land before its rows reach the database."""
+    resumed = result.resumed_from_epoch or 0
+    return [m.as_dict() for m in result.history if m.epoch <= resumed]
 
 
 def _write_rows(
@@ -461,15 +464,12 @@ class _PackWriter(threading.Thread):
             self._wake.notify()
 
     def finish(self, job_id: int, result: Any) -> None:
-        """Queue a job's final write: its status, environment, and the rows from before a
-        resume (a killed attempt's checkpoint can land before its rows reach the database)."""
-        resumed = result.resumed_from_epoch or 0
-        before_resume = [m.as_dict() for m in result.history if m.epoch <= resumed]
+        """Queue a job's final write: its status, environment and rows from before a resume."""
         details = {
             "environment": result.environment,
             "diverged_epoch": result.diverged_epoch,
             "resumed_from_epoch": result.resumed_from_epoch,
-            "before_resume": before_resume,
+            "before_resume": _rows_before_resume(result),
         }
         with self._wake:
             self._finishes.append((job_id, OUTCOME_STATUS[result.outcome], details))

@@ -41,6 +41,15 @@ class Deployment:
         self.workers.append(proc)
         return proc
 
+    def replace_worker_of(self, job: dict[str, Any]) -> None:
+        """SIGKILL the worker process running ``job`` (and its pool child, mid-epoch: no ack, no
+        cleanup), then start a fresh one."""
+        child_pid = int(job["worker"].rsplit(":", 1)[1])
+        victim = next(w for w in self.workers if w.popen.pid == os.getpgid(child_pid))
+        victim.kill(signal.SIGKILL)
+        self.workers.remove(victim)
+        self.start_worker("w3")
+
 
 @pytest.fixture
 def deployment(
@@ -106,11 +115,7 @@ def test_sigkill_mid_job_resumes_from_the_checkpoint(deployment: Deployment) -> 
     wait_for(checkpoint.exists, 60, "the first checkpoint (OPTIMLAB_CHECKPOINT_EVERY_S, 1 s by default)")
     running = api.job(job["id"])
     assert running["status"] == "running"
-    child_pid = int(running["worker"].rsplit(":", 1)[1])
-    victim = next(w for w in deployment.workers if w.popen.pid == os.getpgid(child_pid))
-    victim.kill(signal.SIGKILL)  # the worker and its pool child, mid-epoch: no ack, no cleanup
-    deployment.workers.remove(victim)
-    deployment.start_worker("w3")
+    deployment.replace_worker_of(running)
     done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
     assert done["status"] == "succeeded", done
     assert done["attempt"] == 2
@@ -130,11 +135,7 @@ def test_sigkill_mid_pack_resumes_every_job_from_the_pack_checkpoint(deployment:
     running = [api.job(job["id"]) for job in jobs]
     assert {job["status"] for job in running} == {"running"}
     assert len({job["worker"] for job in running}) == 1, "one worker trains the whole pack"
-    child_pid = int(running[0]["worker"].rsplit(":", 1)[1])
-    victim = next(w for w in deployment.workers if w.popen.pid == os.getpgid(child_pid))
-    victim.kill(signal.SIGKILL)
-    deployment.workers.remove(victim)
-    deployment.start_worker("w3")
+    deployment.replace_worker_of(running[0])
     for job in jobs:
         done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
         assert done["status"] == "succeeded", done
