@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 Outcome = Literal["completed", "early_stopped", "diverged", "cancelled"]
+
+
+def _metric(description: str, best: Literal["min", "max"] | None = None) -> Any:
+    """A metric field: ``best`` ("min"/"max") makes it a summary metric, with ``final_<name>`` and
+    ``best_<name>`` columns on every job (derived from its epoch rows)."""
+    return field(metadata={"description": description, "best": best})
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +28,13 @@ class EpochMetrics:
     """
 
     epoch: int
-    train_loss: float
-    val_loss: float | None
-    val_accuracy: float | None
-    lr: float
-    grad_norm: float
-    epoch_seconds: float
-    samples_per_second: float
+    train_loss: float = _metric("Sample-weighted mean of the epoch's minibatch losses.", best="min")
+    val_loss: float | None = _metric("Loss on the validation set after the epoch (eval mode).", best="min")
+    val_accuracy: float | None = _metric("Accuracy on the validation set (classification only).", best="max")
+    lr: float = _metric("The first param group's learning rate at the epoch's first step.")
+    grad_norm: float = _metric("Global L2 norm of the gradients at the epoch's last step, before clipping.")
+    epoch_seconds: float = _metric("Wall time of training and evaluation.")
+    samples_per_second: float = _metric("Training throughput.")
 
     def as_dict(self) -> dict[str, Any]:
         """The record as a plain dict."""
@@ -71,3 +77,22 @@ class TrainResult:
     def final(self) -> EpochMetrics | None:
         """Metrics of the last epoch."""
         return self.history[-1] if self.history else None
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    """One per-epoch metric, as every layer (database columns, API schemas, client frames) sees it."""
+
+    name: str
+    description: str
+    best: Literal["min", "max"] | None  # summary metrics only: which direction is better
+
+
+METRICS: tuple[MetricDefinition, ...] = tuple(
+    MetricDefinition(f.name, f.metadata["description"], f.metadata["best"]) for f in fields(EpochMetrics) if f.metadata
+)
+"""Every per-epoch metric, in column order: the one definition the others derive from."""
+
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+SUMMARY_METRICS: tuple[MetricDefinition, ...] = tuple(m for m in METRICS if m.best is not None)
+"""The metrics each job summarizes as ``final_<name>`` and ``best_<name>``."""

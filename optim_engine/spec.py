@@ -13,7 +13,9 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import typing
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
@@ -1092,3 +1094,33 @@ def _check_schedulers(schedulers: list[Any], spec: JobSpec) -> None:
         raise ValueError(
             f"scheduler: the chain's epochs ({spans}) leave none of the run's {spec.epochs} epochs for the last scheduler"
         )
+
+
+# --------------------------------------------------------------------------- errors and the host
+
+FieldProblem = tuple[tuple[str, ...], str]
+"""A problem with one field of a spec: its location (``("dataset", "params", "path")``) and a message."""
+
+
+def host_problems(spec: JobSpec, data_root: Path | None = None) -> list[FieldProblem]:
+    """What this host cannot provide for ``spec`` (data files, installed extras, plugins); empty
+    when it can train it. The API calls it at submission and the worker before training."""
+    return []
+
+
+_FIELD_PREFIX = re.compile(r"^(?:Value error, )?([a-z_]+(?:\.[a-z_]+)*): (.*)$", re.S)
+
+
+def error_details(errors: Iterable[Any]) -> list[dict[str, Any]]:
+    """Pydantic errors (``ValidationError.errors()``) as ``{"loc": [...], "msg": ..., "type": ...}``,
+    with a cross-field error's own location appended to ``loc``."""
+    detail = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        msg = str(error.get("msg", ""))
+        match = _FIELD_PREFIX.match(msg)
+        if match and error.get("type") == "value_error":
+            loc += match.group(1).split(".")
+            msg = match.group(2)
+        detail.append({"loc": loc, "msg": msg.removeprefix("Value error, "), "type": str(error.get("type", "invalid"))})
+    return detail
