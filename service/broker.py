@@ -1,13 +1,13 @@
 """The Celery side of the API process: the app's configuration and enqueueing by task name.
 
-The API never imports the worker's task code (which imports torch); it sends ``workers.run_job``
-by name. Workers build their Celery app from the same function, so both agree on queues,
+The API never imports the worker's task code (which imports torch); it sends ``workers.run``
+by name (through the dispatcher, ``service.dispatcher``). Workers build their Celery app from the same function, so both agree on queues,
 serialization and broker options.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -15,8 +15,10 @@ from kombu import Exchange, Queue
 
 from service.settings import Settings
 
-RUN_JOB = "workers.run_job"
-RUN_PACK = "workers.run_pack"
+RUN = "workers.run"
+# The task names before one job path; workers still run messages sent under them.
+LEGACY_RUN_JOB = "workers.run_job"
+LEGACY_RUN_PACK = "workers.run_pack"
 QUEUES = ("gpu", "cpu")
 
 
@@ -87,25 +89,10 @@ def queue_for(device: str, settings: Settings) -> str:
     return "cpu"
 
 
-def enqueue(app: Celery, job_id: int, queue: str, pack_id: str | None = None) -> None:
-    """Send ``workers.run_job(job_id)``, or ``workers.run_pack(pack_id)`` for a packed job, to
-    ``queue``; raises kombu/redis errors when the broker is down."""
-    if pack_id is not None:
-        app.send_task(RUN_PACK, args=[pack_id], queue=queue, routing_key=queue)
-    else:
-        app.send_task(RUN_JOB, args=[job_id], queue=queue, routing_key=queue)
-
-
-def one_per_task(deliveries: Iterable[tuple[int, str, str | None]]) -> list[tuple[int, str, str | None]]:
-    """The deliveries to send: every unpacked job, and the first job of each pack."""
-    seen: set[str] = set()
-    tasks = []
-    for job_id, queue, pack_id in deliveries:
-        if pack_id is None or pack_id not in seen:
-            tasks.append((job_id, queue, pack_id))
-            if pack_id is not None:
-                seen.add(pack_id)
-    return tasks
+def send(app: Celery, job_ids: Sequence[int], queue: str) -> None:
+    """Send ``workers.run(job_ids)`` (jobs that train together, or one job) to ``queue``; raises
+    kombu/redis errors when the broker is down. Only the dispatcher calls this."""
+    app.send_task(RUN, args=[list(job_ids)], queue=queue, routing_key=queue)
 
 
 def broker_reachable(app: Celery, timeout: int = 2) -> bool:

@@ -78,6 +78,22 @@ class Settings(EngineSettings):
         ),
     )
     reaper_interval_s: float = Field(default=5.0, ge=0, description="How often the API checks for stale jobs (0: off).")
+    dispatch_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description=(
+            "How often the API process sends unsent jobs to the broker (it also sends at once after a POST). "
+            "0: this process does not dispatch (another replica does); nothing is sent from it."
+        ),
+    )
+    database_retry_s: float = Field(
+        default=30.0,
+        gt=0,
+        description=(
+            "How long a worker retries a database write (claim, epoch rows, final status) before it gives "
+            "up: a task whose claim failed goes back to the broker; a job whose writes failed is requeued."
+        ),
+    )
     visibility_timeout_s: int = Field(
         default=3600,
         ge=1,

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     Dialect,
     Float,
@@ -18,11 +19,14 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
 
 
 class JobStatus(StrEnum):
@@ -88,7 +92,16 @@ class Sweep(Base):
     execution: Mapped[str] = mapped_column(String(16), default="separate", server_default="separate")
 
 
-class Job(Base):
+SUMMARY_COLUMNS: tuple[str, ...] = tuple(
+    f"{kind}_{metric.name}" for kind in ("final", "best") for metric in SUMMARY_METRICS
+)
+"""The job columns each summary metric gets: its last epoch's value and its best epoch's."""
+
+# A declarative mixin with one nullable float column per summary column.
+_SummaryColumns: type = type("_SummaryColumns", (), {name: mapped_column(Float) for name in SUMMARY_COLUMNS})
+
+
+class Job(_SummaryColumns, Base):
     """One training run: its spec, where it is in its life, and a summary for fast sorting."""
 
     __tablename__ = "jobs"
@@ -105,6 +118,7 @@ class Job(Base):
         Index("ix_jobs_sweep_config", "sweep_id", "config_hash"),
         Index("ix_jobs_finished_at", "finished_at"),
         Index("ix_jobs_pack_id", "pack_id"),
+        Index("ix_jobs_status_enqueued", "status", "enqueued_at"),  # the outbox: queued and not yet sent
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -135,16 +149,11 @@ class Job(Base):
     heartbeat_at: Mapped[dt.datetime | None]
     finished_at: Mapped[dt.datetime | None]
 
-    # Summary, updated with every epoch so lists sort without touching epoch_metrics.
+    # Summary, derived from the epoch rows (service.db.epochs) so lists sort without touching
+    # them; final_<metric> and best_<metric> come from _SummaryColumns.
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
-    final_train_loss: Mapped[float | None] = mapped_column(Float)
-    final_val_loss: Mapped[float | None] = mapped_column(Float)
-    final_val_accuracy: Mapped[float | None] = mapped_column(Float)
     best_loss: Mapped[float | None] = mapped_column(Float)
     best_epoch: Mapped[int | None] = mapped_column(Integer)
-    best_train_loss: Mapped[float | None] = mapped_column(Float)
-    best_val_loss: Mapped[float | None] = mapped_column(Float)
-    best_val_accuracy: Mapped[float | None] = mapped_column(Float)
     wall_seconds: Mapped[float | None] = mapped_column(Float)
     diverged_epoch: Mapped[int | None] = mapped_column(Integer)
     resumed_from_epoch: Mapped[int | None] = mapped_column(Integer)
@@ -166,31 +175,20 @@ class JobTag(Base):
 class EpochMetric(Base):
     """One row per (job, epoch); written by upsert so a redelivered task never duplicates an epoch.
 
-    Non-finite values (a diverged run's NaN/inf losses) are stored as NULL: SQLite cannot store
-    NaN, JSON cannot carry either, and NULL keeps SQL aggregates from turning into NaN. The job's
-    ``diverged`` status and ``diverged_epoch`` say what happened.
+    One float column per metric of ``optim_engine.results.METRICS``. Non-finite values (a
+    diverged run's NaN/inf losses) are stored as NULL: SQLite cannot store NaN, JSON cannot
+    carry either, and NULL keeps SQL aggregates from turning into NaN. The job's ``diverged``
+    status and ``diverged_epoch`` say what happened.
     """
 
-    __tablename__ = "epoch_metrics"
-
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
-    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
-    train_loss: Mapped[float | None] = mapped_column(Float)
-    val_loss: Mapped[float | None] = mapped_column(Float)
-    val_accuracy: Mapped[float | None] = mapped_column(Float)
-    lr: Mapped[float | None] = mapped_column(Float)
-    grad_norm: Mapped[float | None] = mapped_column(Float)
-    epoch_seconds: Mapped[float | None] = mapped_column(Float)
-    samples_per_second: Mapped[float | None] = mapped_column(Float)
-    recorded_at: Mapped[dt.datetime]
+    __table__ = Table(
+        "epoch_metrics",
+        Base.metadata,
+        Column("job_id", ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+        Column("epoch", Integer, primary_key=True),
+        *(Column(name, Float) for name in METRIC_NAMES),
+        Column("recorded_at", UTCDateTime(), nullable=False),
+    )
 
 
-METRIC_COLUMNS = (
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "grad_norm",
-    "epoch_seconds",
-    "samples_per_second",
-)
+METRIC_COLUMNS = METRIC_NAMES

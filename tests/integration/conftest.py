@@ -8,12 +8,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import redis
 
+from service.db.migrate import upgrade
 from tests.servers import free_port
 
 T = TypeVar("T")
@@ -24,6 +27,7 @@ FAST_RECOVERY = {
     "OPTIMLAB_HEARTBEAT_INTERVAL_S": "0.5",
     "OPTIMLAB_STALE_AFTER_S": "3",
     "OPTIMLAB_REAPER_INTERVAL_S": "0.5",
+    "OPTIMLAB_DISPATCH_INTERVAL_S": "0.5",
     "OPTIMLAB_VISIBILITY_TIMEOUT_S": "5",
     "OPTIMLAB_UNACKED_RESTORE_INTERVAL_S": "1",
 }
@@ -178,3 +182,71 @@ def embedded(tmp_path: Path, logs: Path) -> Iterator[tuple[Api, Proc, float]]:
     yield api, proc, healthy_after
     proc.stop()
     assert proc.popen.returncode == 0, "optimlab up did not shut down cleanly on SIGTERM"
+
+
+@dataclass
+class Deployment:
+    api: Api
+    env: dict[str, str]
+    logs: Path
+    workers: list[Proc]
+    redis_url: str
+    api_proc: Proc | None = None
+
+    def start_api(self, **env: str) -> Api:
+        """Start an API process (``env`` overrides this deployment's); it becomes ``self.api``."""
+        port = free_port()
+        self.api_proc = Proc(optimlab("api", "--port", str(port)), self.env | env, self.logs / f"api-{port}.log")
+        self.api = Api(f"http://127.0.0.1:{port}")
+        wait_for(self.api.up, 60, "the API")
+        return self.api
+
+    def start_worker(self, name: str) -> Proc:
+        proc = Proc(
+            optimlab("worker", "--queues", "cpu", "--gpus", "none", "--name", f"{name}@%h"),
+            self.env,
+            self.logs / f"{name}.log",
+        )
+        wait_for(lambda: "ready." in proc.output(), 60, f"worker {name} to be ready")
+        self.workers.append(proc)
+        return proc
+
+    def replace_worker_of(self, job: dict[str, Any]) -> None:
+        """SIGKILL the worker process running ``job`` (and its pool child, mid-epoch: no ack, no
+        cleanup), then start a fresh one."""
+        child_pid = int(job["worker"].rsplit(":", 1)[1])
+        victim = next(w for w in self.workers if w.popen.pid == os.getpgid(child_pid))
+        victim.kill(signal.SIGKILL)
+        self.workers.remove(victim)
+        self.start_worker(f"w{len(self.workers) + 10}")
+
+
+@pytest.fixture
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, logs: Path, postgres: Any, redis_url: str
+) -> Iterator[Deployment]:
+    database_url = postgres.url(postgres.create_database())
+    upgrade(database_url)
+    db_index = 1 + int(time.monotonic_ns() % 14)
+    broker_url = f"{redis_url}/{db_index}"
+    redis.Redis.from_url(broker_url).flushdb()
+    env = service_env(
+        OPTIMLAB_DATABASE_URL=database_url,
+        OPTIMLAB_BROKER_URL=broker_url,
+        OPTIMLAB_HOME=str(tmp_path / "home"),
+        **getattr(request, "param", {}),
+    )
+    deployment = Deployment(Api("http://127.0.0.1:1"), env, logs, [], broker_url)
+    apis: list[Proc] = []
+    try:
+        deployment.start_api()
+        assert deployment.api_proc is not None
+        apis.append(deployment.api_proc)
+        deployment.start_worker("w1")
+        deployment.start_worker("w2")
+        yield deployment
+    finally:
+        if deployment.api_proc is not None and deployment.api_proc not in apis:
+            apis.append(deployment.api_proc)
+        for proc in [*apis, *deployment.workers]:
+            proc.stop()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import statistics
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,66 +13,19 @@ import redis
 from service import broker
 from service.db.migrate import upgrade
 from service.settings import Settings
-from tests.integration.conftest import Api, Proc, assert_every_epoch_once, optimlab, service_env, slow_spec, wait_for
+from tests.integration.conftest import (
+    Api,
+    Deployment,
+    Proc,
+    assert_every_epoch_once,
+    optimlab,
+    service_env,
+    slow_spec,
+    wait_for,
+)
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Deployment:
-    api: Api
-    env: dict[str, str]
-    logs: Path
-    workers: list[Proc]
-    redis_url: str
-
-    def start_worker(self, name: str) -> Proc:
-        proc = Proc(
-            optimlab("worker", "--queues", "cpu", "--gpus", "none", "--name", f"{name}@%h"),
-            self.env,
-            self.logs / f"{name}.log",
-        )
-        wait_for(lambda: "ready." in proc.output(), 60, f"worker {name} to be ready")
-        self.workers.append(proc)
-        return proc
-
-    def replace_worker_of(self, job: dict[str, Any]) -> None:
-        """SIGKILL the worker process running ``job`` (and its pool child, mid-epoch: no ack, no
-        cleanup), then start a fresh one."""
-        child_pid = int(job["worker"].rsplit(":", 1)[1])
-        victim = next(w for w in self.workers if w.popen.pid == os.getpgid(child_pid))
-        victim.kill(signal.SIGKILL)
-        self.workers.remove(victim)
-        self.start_worker("w3")
-
-
-@pytest.fixture
-def deployment(
-    request: pytest.FixtureRequest, tmp_path: Path, logs: Path, postgres: Any, redis_url: str
-) -> Iterator[Deployment]:
-    database_url = postgres.url(postgres.create_database())
-    upgrade(database_url)
-    db_index = 1 + int(time.monotonic_ns() % 14)
-    broker_url = f"{redis_url}/{db_index}"
-    redis.Redis.from_url(broker_url).flushdb()
-    env = service_env(
-        OPTIMLAB_DATABASE_URL=database_url,
-        OPTIMLAB_BROKER_URL=broker_url,
-        OPTIMLAB_HOME=str(tmp_path / "home"),
-        **getattr(request, "param", {}),
-    )
-    port = free_port()
-    api_proc = Proc(optimlab("api", "--port", str(port)), env, logs / "api.log")
-    deployment = Deployment(Api(f"http://127.0.0.1:{port}"), env, logs, [], broker_url)
-    try:
-        wait_for(deployment.api.up, 60, "the API")
-        deployment.start_worker("w1")
-        deployment.start_worker("w2")
-        yield deployment
-    finally:
-        for proc in [api_proc, *deployment.workers]:
-            proc.stop()
 
 
 def test_two_workers_consume_one_queue(deployment: Deployment) -> None:
@@ -151,7 +100,7 @@ def test_a_redelivered_task_for_a_finished_job_changes_nothing(deployment: Deplo
     rows_before = api.metrics(job["id"])
     settings = Settings(broker_url=deployment.redis_url, database_url="sqlite://")
     celery = broker.make_celery(settings)
-    broker.enqueue(celery, job["id"], "cpu")
+    broker.send(celery, [job["id"]], "cpu")
     client = redis.Redis.from_url(deployment.redis_url)
     wait_for(lambda: client.llen("cpu") == 0 and client.hlen("unacked") == 0, 30, "the duplicate to be consumed")
     wait_for(lambda: any("not claimable" in w.output() for w in deployment.workers), 30, "a worker to skip it")
@@ -159,6 +108,27 @@ def test_a_redelivered_task_for_a_finished_job_changes_nothing(deployment: Deplo
     keys = ("status", "attempt", "worker", "finished_at", "summary")
     assert {k: after[k] for k in keys} == {k: before[k] for k in keys}
     assert api.metrics(job["id"]) == rows_before
+
+
+@pytest.mark.parametrize("deployment", [{"OPTIMLAB_DISPATCH_INTERVAL_S": "0"}], indirect=True)
+def test_messages_under_the_task_names_before_one_job_path_still_run(deployment: Deployment) -> None:
+    """A rolling upgrade: messages an older API sent (``workers.run_job(job_id)``,
+    ``workers.run_pack(pack_id)``) run through the one job path. This API does not dispatch, so
+    nothing but these messages runs the jobs."""
+    api = deployment.api
+    job = api.submit(slow_spec(3, n_samples=512))
+    body = {"base": slow_spec(3, n_samples=512), "seeds": [0, 1, 2], "execution": "packed"}
+    sweep = api.http.post("/v1/sweeps", json=body).json()
+    pack = api.http.get("/v1/jobs", params={"sweep_id": sweep["id"]}).json()["items"]
+    assert {j["enqueued_at"] for j in [job, *pack]} == {None}, "nothing was sent"
+    celery = broker.make_celery(Settings(broker_url=deployment.redis_url, database_url="sqlite://"))
+    celery.send_task(broker.LEGACY_RUN_JOB, args=[job["id"]], queue="cpu", routing_key="cpu")
+    celery.send_task(broker.LEGACY_RUN_PACK, args=[pack[0]["pack_id"]], queue="cpu", routing_key="cpu")
+    for each in [job, *pack]:
+        done = api.wait_status(each["id"], "succeeded", "failed", timeout=60)
+        assert (done["status"], done["attempt"]) == ("succeeded", 1), done
+        assert_every_epoch_once(api.metrics(each["id"]), 3)
+    assert len({api.job(j["id"])["worker"] for j in pack}) == 1, "the pack trained as one task"
 
 
 def test_a_database_outage_mid_job_loses_nothing(tmp_path: Path, logs: Path, redis_url: str) -> None:

@@ -1,10 +1,9 @@
-"""The worker's pack task body, ``execute_pack``, against a real database (SQLite and PostgreSQL):
-each job of a pack ends with its own status and rows, as if it had run alone."""
+"""The worker's one job path, ``execute``, for a sweep's pack, against a real database (SQLite and
+PostgreSQL): each job of a pack ends with its own status and rows, as if it had run alone."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import threading
 import time
 from pathlib import Path
@@ -14,11 +13,12 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import jobs as job_ops
+from service.db import transitions
 from service.db.models import EpochMetric, Job
 from service.settings import Settings
 from tests.conftest import digits_spec, service_settings
-from workers.tasks import execute_job, execute_pack
+from tests.workers.conftest import insert_job
+from workers.run import execute
 
 PACK = "f" * 32
 
@@ -28,19 +28,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return service_settings(tmp_path, database_url)
 
 
-def create_pack(sessions: sessionmaker[Session], specs: list[dict[str, Any]], pack_id: str = PACK) -> list[int]:
-    from optim_engine import JobSpec
-
-    ids = []
+def create_pack(sessions: sessionmaker[Session], specs: list[dict[str, Any]], pack_id: str | None = PACK) -> list[int]:
     with sessions() as session, session.begin():
-        for spec in specs:
-            parsed = JobSpec.model_validate(spec)
-            job, _ = job_ops.create_job(
-                session, spec=parsed.model_dump(mode="json"), spec_hash=parsed.spec_hash(), optimizer="x", queue="cpu"
-            )
-            ids.append(job.id)
-        session.execute(update(Job).where(Job.id.in_(ids)).values(pack_id=pack_id))
-    return ids
+        return [insert_job(session, spec, pack_id=pack_id) for spec in specs]
 
 
 def rows_of(sessions: sessionmaker[Session], job_id: int) -> list[EpochMetric]:
@@ -64,10 +54,10 @@ SPECS = [
 
 def test_a_pack_ends_each_job_like_its_own_run(sessions: sessionmaker[Session], settings: Settings) -> None:
     ids = create_pack(sessions, SPECS)
-    alone = create_pack(sessions, SPECS, pack_id="0" * 32)
-    assert execute_pack(PACK, sessions, settings) == "diverged=1 succeeded=3"
+    alone = create_pack(sessions, SPECS, pack_id=None)
+    assert execute(ids, sessions, settings) == "diverged=1 succeeded=3"
     for job_id in alone:
-        execute_job(job_id, sessions, settings)
+        execute([job_id], sessions, settings)
     for packed_id, alone_id in zip(ids, alone, strict=True):
         packed, reference = job(sessions, packed_id), job(sessions, alone_id)
         assert (packed.status, packed.epochs_done, packed.diverged_epoch, packed.attempt) == (
@@ -91,7 +81,7 @@ def test_a_pack_ends_each_job_like_its_own_run(sessions: sessionmaker[Session], 
                     assert x == pytest.approx(y, rel=1e-5, abs=1e-5), name  # the diverged epoch is huge
     assert job(sessions, ids[2]).status == "diverged"
     assert not (settings.resolved_checkpoint_dir() / f"pack-{PACK}").exists()
-    assert execute_pack(PACK, sessions, settings) == "skipped"  # a redelivered pack changes nothing
+    assert execute(ids, sessions, settings) == "skipped"  # a redelivered pack changes nothing
 
 
 def test_a_cancelled_job_leaves_the_pack_and_the_others_finish(
@@ -101,20 +91,20 @@ def test_a_cancelled_job_leaves_the_pack_and_the_others_finish(
     specs = [digits_spec({"name": "sgd", "lr": lr}, epochs=40, seed=i, **slow, loss="mse", model={"name": "linear"}) for i, lr in enumerate([0.01, 0.02, 0.03])]  # fmt: skip
     ids = create_pack(sessions, specs)
     with sessions() as session, session.begin():  # cancelled while queued: never claimed
-        job_ops.request_cancel(session, ids[2])
+        transitions.cancel_job(session, ids[2])
 
     def cancel_when_running() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if job(sessions, ids[0]).epochs_done >= 3:
                 with sessions() as session, session.begin():
-                    job_ops.request_cancel(session, ids[0])
+                    transitions.cancel_job(session, ids[0])
                 return
             time.sleep(0.02)
 
     watcher = threading.Thread(target=cancel_when_running)
     watcher.start()
-    assert execute_pack(PACK, sessions, settings) == "cancelled=1 succeeded=1"
+    assert execute(ids, sessions, settings) == "cancelled=1 succeeded=1"
     watcher.join()
     cancelled, finished, never = (job(sessions, i) for i in ids)
     assert cancelled.status == "cancelled"
@@ -130,7 +120,7 @@ def test_a_killed_pack_resumes_from_its_checkpoint(
     from optim_engine import _packed
 
     reference_ids = create_pack(sessions, SPECS, pack_id="0" * 32)
-    execute_pack("0" * 32, sessions, settings)
+    execute(reference_ids, sessions, settings)
     ids = create_pack(sessions, SPECS)
     save = _packed._Pack._save
 
@@ -142,7 +132,7 @@ def test_a_killed_pack_resumes_from_its_checkpoint(
     monkeypatch.setattr(_packed._Pack, "_save", dies_after_checkpoint_3)
     settings = settings.model_copy(update={"checkpoint_every_s": 0})
     with pytest.raises(SystemExit):
-        execute_pack(PACK, sessions, settings)
+        execute(ids, sessions, settings)
     monkeypatch.setattr(_packed._Pack, "_save", save)
     statuses = [job(sessions, i).status for i in ids]
     # The diverged job's final write may or may not have landed before the kill.
@@ -151,9 +141,9 @@ def test_a_killed_pack_resumes_from_its_checkpoint(
 
     with sessions() as session, session.begin():  # the heartbeat goes stale; the reaper requeues
         session.execute(update(Job).where(Job.id.in_(ids)).values(heartbeat_at=dt.datetime(2000, 1, 1)))
-        requeued = job_ops.requeue_stale_running(session, stale_after_s=60)
-    assert sorted(requeued) == sorted((i, "cpu", PACK) for i, s in zip(ids, statuses, strict=True) if s == "running")
-    execute_pack(PACK, sessions, settings)
+        requeued = transitions.requeue_stale(session, stale_after_s=60)
+    assert requeued == statuses.count("running")
+    execute(ids, sessions, settings)
     assert [job(sessions, i).status for i in ids] == [job(sessions, i).status for i in reference_ids]
     for job_id, reference_id in zip(ids, reference_ids, strict=True):
         resumed = job(sessions, job_id)
@@ -162,23 +152,6 @@ def test_a_killed_pack_resumes_from_its_checkpoint(
         mine, theirs = rows_of(sessions, job_id), rows_of(sessions, reference_id)
         assert [r.epoch for r in mine] == [r.epoch for r in theirs]
         assert [r.train_loss for r in mine] == pytest.approx([r.train_loss for r in theirs], rel=1e-6)
-
-
-def test_reaper_sends_a_stale_pack_once(sessions: sessionmaker[Session], settings: Settings) -> None:
-    from service import broker
-    from service.reaper import Reaper
-
-    ids = create_pack(sessions, SPECS)
-    with sessions() as session, session.begin():
-        job_ops.claim_pack(session, PACK, worker="w:1", stale_after_s=60)
-        session.execute(update(Job).where(Job.id.in_(ids)).values(heartbeat_at=dt.datetime(2000, 1, 1)))
-    reaper = Reaper(sessions, broker.make_celery(settings), settings)
-    assert reaper.run_once() == [ids[0]]
-    messages = list((settings.broker_folder() / "queue").glob("*.msg"))
-    assert len(messages) == 1
-    body = json.loads(messages[0].read_text())
-    assert body["headers"]["task"] == "workers.run_pack"
-    assert [job(sessions, i).status for i in ids] == ["queued"] * 4
 
 
 def test_a_training_error_fails_the_unfinished_jobs_with_its_message(
@@ -195,7 +168,7 @@ def test_a_training_error_fails_the_unfinished_jobs_with_its_message(
         return epoch(pack, number)
 
     monkeypatch.setattr(_packed._Pack, "_epoch", fails_at_epoch_3)
-    assert execute_pack(PACK, sessions, settings) == "diverged=1 failed=3"
+    assert execute(ids, sessions, settings) == "diverged=1 failed=3"
     for job_id in ids:
         failed = job(sessions, job_id)
         if job_id == ids[2]:
@@ -218,7 +191,7 @@ def test_a_pack_whose_data_vanished_fails_every_job_cleanly(
     ]
     ids = create_pack(sessions, specs)
     (data_root / "d.npz").unlink()
-    assert execute_pack(PACK, sessions, settings) == "failed=2"
+    assert execute(ids, sessions, settings) == "failed=2"
     for job_id in ids:
         failed = job(sessions, job_id)
         assert failed.status == "failed"

@@ -1,5 +1,5 @@
-"""The worker's task body, ``execute_job``, against a real database (SQLite and PostgreSQL):
-the same code Celery runs, called directly."""
+"""The worker's one job path, ``execute``, for jobs that run alone (a pack of one), against a real
+database (SQLite and PostgreSQL): the same code Celery runs, called directly."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import pytest
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import jobs as job_ops
-from service.db.models import EpochMetric, Job, JobStatus
+from service.db import transitions
+from service.db.models import EpochMetric, Job
 from service.settings import Settings
 from tests.conftest import digits_spec, seed_spec, service_settings
-from workers import tasks
+from tests.workers.conftest import insert_job
+from workers import run, writer
 from workers.app import child_gpu
-from workers.tasks import execute_job
+from workers.run import execute
 
 
 @pytest.fixture
@@ -28,14 +29,8 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 
 
 def create(sessions: sessionmaker[Session], spec: dict[str, Any]) -> int:
-    from optim_engine import JobSpec
-
-    parsed = JobSpec.model_validate(spec)
     with sessions() as session, session.begin():
-        job, _ = job_ops.create_job(
-            session, spec=parsed.model_dump(mode="json"), spec_hash=parsed.spec_hash(), optimizer="x", queue="cpu"
-        )
-        return job.id
+        return insert_job(session, spec)
 
 
 def load(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, list[EpochMetric]]:
@@ -46,7 +41,7 @@ def load(sessions: sessionmaker[Session], job_id: int) -> tuple[Job, list[EpochM
 
 def test_a_job_runs_to_succeeded_with_one_row_per_epoch(sessions: sessionmaker[Session], settings: Settings) -> None:
     job_id = create(sessions, seed_spec({"name": "sgd", "lr": 0.01}, epochs=4))
-    assert execute_job(job_id, sessions, settings) == "succeeded"
+    assert execute([job_id], sessions, settings) == "succeeded=1"
     job, rows = load(sessions, job_id)
     assert job.status == "succeeded"
     assert (job.attempt, job.epochs_done, job.device) == (1, 4, "cpu")
@@ -62,9 +57,9 @@ def test_a_job_runs_to_succeeded_with_one_row_per_epoch(sessions: sessionmaker[S
 
 def test_redelivery_of_a_finished_job_changes_nothing(sessions: sessionmaker[Session], settings: Settings) -> None:
     job_id = create(sessions, seed_spec({"name": "adam"}, epochs=2))
-    execute_job(job_id, sessions, settings)
+    execute([job_id], sessions, settings)
     before, rows_before = load(sessions, job_id)
-    assert execute_job(job_id, sessions, settings) == "skipped"
+    assert execute([job_id], sessions, settings) == "skipped"
     after, rows_after = load(sessions, job_id)
     assert (after.status, after.attempt, after.finished_at, after.worker) == (
         before.status,
@@ -80,8 +75,8 @@ def test_a_duplicate_delivery_while_the_owner_is_alive_is_skipped(
 ) -> None:
     job_id = create(sessions, seed_spec({"name": "sgd"}))
     with sessions() as session, session.begin():
-        assert job_ops.claim(session, job_id, worker="other:1", stale_after_s=60) is not None
-    assert execute_job(job_id, sessions, settings) == "skipped"
+        assert transitions.claim(session, [job_id], worker="other:1", stale_after_s=60)
+    assert execute([job_id], sessions, settings) == "skipped"
     job, rows = load(sessions, job_id)
     assert (job.status, job.worker, rows) == ("running", "other:1", [])
 
@@ -89,8 +84,8 @@ def test_a_duplicate_delivery_while_the_owner_is_alive_is_skipped(
 def test_a_cancelled_queued_job_never_runs(sessions: sessionmaker[Session], settings: Settings) -> None:
     job_id = create(sessions, seed_spec({"name": "sgd"}))
     with sessions() as session, session.begin():
-        job_ops.request_cancel(session, job_id)
-    assert execute_job(job_id, sessions, settings) == "skipped"
+        transitions.cancel_job(session, job_id)
+    assert execute([job_id], sessions, settings) == "skipped"
     job, rows = load(sessions, job_id)
     assert (job.status, job.attempt, job.started_at, rows) == ("cancelled", 0, None, [])
 
@@ -119,8 +114,8 @@ def test_cancel_while_running_stops_at_the_next_epoch_boundary(
     sessions: sessionmaker[Session], settings: Settings
 ) -> None:
     job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=300, **SLOW))
-    watcher = when_epochs_done(sessions, job_id, 3, lambda s: job_ops.request_cancel(s, job_id))
-    assert execute_job(job_id, sessions, settings) == "cancelled"
+    watcher = when_epochs_done(sessions, job_id, 3, lambda s: transitions.cancel_job(s, job_id))
+    assert execute([job_id], sessions, settings) == "cancelled=1"
     watcher.join()
     job, rows = load(sessions, job_id)
     assert job.status == "cancelled"
@@ -137,9 +132,9 @@ def test_a_training_error_fails_the_job_with_its_message(
     def broken(*_: Any, **__: Any) -> None:
         raise RuntimeError("CUDA error: out of memory")
 
-    monkeypatch.setattr(optim_engine, "train", broken)
+    monkeypatch.setattr(optim_engine, "train_trials", broken)
     job_id = create(sessions, seed_spec({"name": "sgd"}))
-    assert execute_job(job_id, sessions, settings) == "failed"
+    assert execute([job_id], sessions, settings) == "failed=1"
     job, _ = load(sessions, job_id)
     assert (job.status, job.error) == ("failed", "RuntimeError: CUDA error: out of memory")
 
@@ -157,7 +152,7 @@ def test_a_spec_whose_data_vanished_fails_cleanly(
     )
     job_id = create(sessions, spec)
     (data_root / "d.npz").unlink()
-    assert execute_job(job_id, sessions, settings) == "failed"
+    assert execute([job_id], sessions, settings) == "failed=1"
     job, _ = load(sessions, job_id)
     assert job.error is not None
     assert job.error.startswith("spec:")
@@ -166,7 +161,7 @@ def test_a_spec_whose_data_vanished_fails_cleanly(
 
 def test_divergence_is_a_result(sessions: sessionmaker[Session], settings: Settings) -> None:
     job_id = create(sessions, seed_spec({"name": "sgd", "lr": 10.0}, epochs=6))
-    assert execute_job(job_id, sessions, settings) == "diverged"
+    assert execute([job_id], sessions, settings) == "diverged=1"
     job, rows = load(sessions, job_id)
     assert job.diverged_epoch == rows[-1].epoch
     assert len(rows) == job.diverged_epoch
@@ -179,7 +174,7 @@ def test_a_crashed_attempt_resumes_from_its_checkpoint(
     table ends with each epoch exactly once, equal to an uninterrupted run."""
     spec = digits_spec({"name": "adam", "lr": 0.01}, epochs=6)
     reference_id = create(sessions, spec)
-    execute_job(reference_id, sessions, settings)
+    execute([reference_id], sessions, settings)
     _, reference = load(sessions, reference_id)
 
     job_id = create(sessions, spec)
@@ -195,7 +190,7 @@ def test_a_crashed_attempt_resumes_from_its_checkpoint(
     monkeypatch.setattr(_checkpoint, "save", dies_after_checkpoint_3)
     settings = settings.model_copy(update={"checkpoint_every_s": 0})  # a checkpoint after every epoch
     with pytest.raises(SystemExit):
-        execute_job(job_id, sessions, settings)
+        execute([job_id], sessions, settings)
     monkeypatch.setattr(_checkpoint, "save", save)
     job, rows = load(sessions, job_id)
     assert job.status == "running"
@@ -206,7 +201,7 @@ def test_a_crashed_attempt_resumes_from_its_checkpoint(
     # Its heartbeat goes stale; the redelivered task claims it again.
     with sessions() as session, session.begin():
         session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=dt.datetime(2000, 1, 1)))
-    assert execute_job(job_id, sessions, settings) == "succeeded"
+    assert execute([job_id], sessions, settings) == "succeeded=1"
     job, rows = load(sessions, job_id)
     assert (job.attempt, job.resumed_from_epoch) == (2, 3)
     assert [r.epoch for r in rows] == [1, 2, 3, 4, 5, 6]
@@ -222,55 +217,12 @@ def test_an_attempt_that_lost_its_job_writes_nothing_more(sessions: sessionmaker
         session.execute(update(Job).where(Job.id == job_id).values(attempt=Job.attempt + 1, worker="new:1"))
 
     watcher = when_epochs_done(sessions, job_id, 2, taken_over)
-    assert execute_job(job_id, sessions, settings) == "lost"
+    assert execute([job_id], sessions, settings) == "lost=1"
     watcher.join()
     job, rows = load(sessions, job_id)
     assert (job.status, job.worker, job.attempt) == ("running", "new:1", 2)
     assert 2 <= len(rows) < 300
     assert job.epochs_done == len(rows)  # nothing written after the takeover
-
-
-def test_reaper_requeues_stale_running_and_resends_unsent(sessions: sessionmaker[Session], settings: Settings) -> None:
-    from service import broker
-    from service.reaper import Reaper
-
-    stale = create(sessions, seed_spec({"name": "sgd"}))
-    fresh = create(sessions, seed_spec({"name": "sgd"}))
-    unsent = create(sessions, seed_spec({"name": "sgd"}))
-    with sessions() as session, session.begin():
-        for job_id in (stale, fresh):
-            job_ops.claim(session, job_id, worker="w:1", stale_after_s=60)
-        session.execute(update(Job).where(Job.id == stale).values(heartbeat_at=dt.datetime(2000, 1, 1)))
-        job_ops.mark_unsent(session, unsent)
-    reaper = Reaper(sessions, broker.make_celery(settings), settings)
-    assert sorted(reaper.run_once()) == sorted([stale, unsent])
-    with sessions() as session:
-        statuses = {row.id: row.status for row in session.execute(select(Job.id, Job.status))}
-    assert statuses == {stale: "queued", fresh: "running", unsent: "queued"}
-    assert reaper.run_once() == []  # nothing is sent twice
-    messages = list((settings.broker_folder() / "queue").glob("*.msg"))
-    assert len(messages) == 2
-
-
-def test_stalled_queued_jobs_are_resent_only_when_no_worker_is_busy(
-    sessions: sessionmaker[Session], tmp_path: Path, database_url: str
-) -> None:
-    waiting = create(sessions, seed_spec({"name": "sgd"}))
-    busy = create(sessions, seed_spec({"name": "sgd"}))
-    old = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-    with sessions() as session, session.begin():
-        session.execute(update(Job).values(enqueued_at=old))
-        job_ops.claim(session, busy, worker="w:1", stale_after_s=60)
-    with sessions() as session, session.begin():
-        assert job_ops.requeue_stalled_queued(session, after_s=30) == []  # a worker is busy: it is a backlog
-        job_ops.finish(session, busy, 1, JobStatus.succeeded)
-    with sessions() as session, session.begin():
-        assert job_ops.requeue_stalled_queued(session, after_s=30) == []  # a job just finished: still a backlog
-        session.execute(update(Job).where(Job.id == busy).values(finished_at=old))  # ... 30 s of silence
-    with sessions() as session, session.begin():
-        assert job_ops.requeue_stalled_queued(session, after_s=30) == [(waiting, "cpu", None)]
-    with sessions() as session, session.begin():
-        assert job_ops.requeue_stalled_queued(session, after_s=30) == []
 
 
 def test_each_pool_child_owns_one_gpu() -> None:
@@ -281,10 +233,10 @@ def test_each_pool_child_owns_one_gpu() -> None:
 
 def test_cuda_ordinals_map_to_the_childs_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPTIMLAB_WORKER_GPUS", "0,1")
-    assert tasks._pinned("cuda:1") == "cuda"
-    assert tasks._pinned("cpu") == "cpu"
+    assert run.pinned("cuda:1") == "cuda"
+    assert run.pinned("cpu") == "cpu"
     monkeypatch.delenv("OPTIMLAB_WORKER_GPUS")
-    assert tasks._pinned("cuda:1") == "cuda:1"
+    assert run.pinned("cuda:1") == "cuda:1"
 
 
 def test_a_spec_with_an_infinite_default_trains(sessions: sessionmaker[Session], settings: Settings) -> None:
@@ -293,10 +245,8 @@ def test_a_spec_with_an_infinite_default_trains(sessions: sessionmaker[Session],
 
     spec = JobSpec.model_validate(seed_spec({"name": "prodigy"}, epochs=2))
     with sessions() as session, session.begin():
-        job, _ = job_ops.create_job(
-            session, spec=stored_spec(spec), spec_hash=spec.spec_hash(), optimizer="prodigy", queue="cpu"
-        )
-    assert execute_job(job.id, sessions, settings) == "succeeded"
+        job_id = insert_job(session, stored_spec(spec))
+    assert execute([job_id], sessions, settings) == "succeeded=1"
 
 
 def test_the_worker_parent_process_does_not_import_torch() -> None:
@@ -321,50 +271,17 @@ def test_a_worker_on_an_undeclared_queue_fails_loudly(tmp_path: Path) -> None:
     assert "'gpuu' isn't" in result.stdout + result.stderr
 
 
-def test_after_a_database_outage_the_reaper_waits_before_trusting_heartbeats(
-    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Live workers cannot heartbeat while the database is down: right after an outage a stale
-    heartbeat means nothing, so the reaper waits one stale period before requeueing."""
-    from sqlalchemy.exc import OperationalError
-
-    from service import broker, reaper
-    from service.reaper import Reaper
-
-    job_id = create(sessions, seed_spec({"name": "sgd"}))
-    with sessions() as session, session.begin():
-        job_ops.claim(session, job_id, worker="w:1", stale_after_s=60)
-        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=dt.datetime(2000, 1, 1)))
-
-    down = True
-
-    def flaky_sessions() -> Session:
-        if down:
-            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
-        return sessions()
-
-    clock = [1000.0]
-    monkeypatch.setattr(reaper.time, "monotonic", lambda: clock[0])
-    the_reaper = Reaper(flaky_sessions, broker.make_celery(settings), settings)  # type: ignore[arg-type]
-    with pytest.raises(OperationalError):
-        the_reaper.run_once()
-    down = False
-    assert the_reaper.run_once() == []  # the database is back, but the heartbeat went stale during the outage
-    clock[0] += settings.stale_after_s
-    assert the_reaper.run_once() == [job_id]  # a full stale period later it is a dead worker's job
-
-
 def test_a_stale_cancel_flag_is_read_from_the_database_at_the_epoch_boundary(
     sessions: sessionmaker[Session],
 ) -> None:
     """Long epochs: the flag the writer last saw is old, so the boundary check asks the database."""
     job_id = create(sessions, seed_spec({"name": "sgd"}))
     with sessions() as session, session.begin():
-        claimed = job_ops.claim(session, job_id, worker="w:1", stale_after_s=60)
-        assert claimed is not None
-        job_ops.request_cancel(session, job_id)
-    fresh = tasks._Attempt(job_id, claimed.attempt)
-    assert not fresh.should_stop(sessions)  # a fresh answer (short epochs) is trusted as is
-    stale = tasks._Attempt(job_id, claimed.attempt, learned_at=time.monotonic() - 2 * tasks.FRESH_FLAG_S)
-    assert stale.should_stop(sessions)
-    assert stale.cancel_requested
+        (claimed,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
+        transitions.cancel_job(session, job_id)
+    fresh = writer.Attempts([claimed], sessions, budget_s=5)
+    assert fresh.stopping([job_id]) == set()  # a fresh answer (short epochs) is trusted as is
+    stale = writer.Attempts([claimed], sessions, budget_s=5)
+    stale.learned_at = time.monotonic() - 2 * writer.FRESH_FLAG_S
+    assert stale.stopping([job_id]) == {0}
+    assert stale.jobs[job_id].cancel_requested

@@ -1,0 +1,176 @@
+"""Job states and the guarded UPDATEs that move jobs between them.
+
+The legal moves are stated once, in ``LEGAL``. Each function below is one of them, written as a
+conditional UPDATE that says what it changed, so concurrent API calls, redelivered tasks and the
+dispatcher never move a job backwards (optuna's ``set_trial_state_values`` returns False on a
+race the same way).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from service.db.epochs import refresh_summary
+from service.db.models import TERMINAL, Job, JobStatus
+from service.db.session import utcnow
+from service.errors import IllegalTransition, JobNotFound
+
+Q, R = JobStatus.queued, JobStatus.running
+LEGAL: Mapping[JobStatus, frozenset[JobStatus]] = {
+    Q: frozenset({R, JobStatus.cancelled}),  # claim; cancel before it ran
+    # finish; or back to queued when its worker stopped heartbeating (it resumes from its checkpoint)
+    R: TERMINAL | {Q},
+}
+"""Every legal move: status → the statuses it may become. Terminal statuses go nowhere."""
+
+
+def _legal(source: JobStatus, target: JobStatus) -> None:
+    assert target in LEGAL.get(source, frozenset()), f"{source} → {target} is not a legal move"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this attempt now runs: its attempt number, spec and pack."""
+
+    job_id: int
+    attempt: int
+    spec: dict[str, Any]
+    pack_id: str | None
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """What a worker's write learns: whether its attempt still owns the job, and whether the user
+    asked it to stop."""
+
+    owned: bool
+    cancel_requested: bool = False
+
+
+def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_s: float) -> list[Claim]:
+    """queued → running (or running → running for a new attempt when the old one's heartbeat went
+    stale), for every claimable job of ``job_ids`` in one UPDATE; returns the claims in the
+    order given. Finished and cancelled jobs, and jobs whose worker lives, are left alone, which
+    makes redelivered and duplicate tasks no-ops."""
+    _legal(Q, R)
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=stale_after_s)
+    claimable = or_(
+        Job.status == Q,
+        and_(Job.status == R, or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)),
+    )
+    rows = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)), claimable)
+        .values(
+            status=R,
+            attempt=Job.attempt + 1,
+            worker=worker,
+            heartbeat_at=now,
+            started_at=func.coalesce(Job.started_at, now),
+        )
+        .returning(Job.id, Job.attempt, Job.spec, Job.pack_id)
+    ).all()
+    by_id = {row.id: Claim(row.id, row.attempt, row.spec, row.pack_id) for row in rows}
+    return [by_id[job_id] for job_id in job_ids if job_id in by_id]
+
+
+def _owned(attempts: Mapping[int, int]) -> ColumnElement[bool]:
+    """The jobs (id → attempt) that these attempts still run."""
+    return and_(
+        Job.status == R, or_(*(and_(Job.id == job_id, Job.attempt == attempt) for job_id, attempt in attempts.items()))
+    )
+
+
+def heartbeat(session: Session, attempts: Mapping[int, int], *, device: str | None = None) -> dict[int, Ownership]:
+    """Refresh the heartbeat (and record the device) of every job (id → attempt) this worker still
+    owns, in one statement; a job requeued or finished meanwhile is not owned any more."""
+    if not attempts:
+        return {}
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if device is not None:
+        values["device"] = device
+    rows = session.execute(
+        update(Job).where(_owned(attempts)).values(**values).returning(Job.id, Job.cancel_requested)
+    ).all()
+    found = {row.id: bool(row.cancel_requested) for row in rows}
+    return {job_id: Ownership(job_id in found, found.get(job_id, False)) for job_id in attempts}
+
+
+def finish(
+    session: Session,
+    job_id: int,
+    attempt: int,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    environment: Mapping[str, Any] | None = None,
+    diverged_epoch: int | None = None,
+    resumed_from_epoch: int | None = None,
+) -> bool:
+    """running → a terminal status, with the summary derived from the job's stored rows in the
+    same transaction; False when this attempt no longer owns the job."""
+    _legal(R, status)
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "finished_at": now, "error": error}
+    if environment is not None:
+        values["environment"] = dict(environment)
+    if diverged_epoch is not None:
+        values["diverged_epoch"] = diverged_epoch
+    if resumed_from_epoch is not None:
+        values["resumed_from_epoch"] = resumed_from_epoch
+    row = session.execute(
+        update(Job).where(_owned({job_id: attempt})).values(**values).returning(Job.started_at)
+    ).first()
+    if row is None:
+        return False
+    wall = (now - row.started_at).total_seconds() if row.started_at is not None else None
+    session.execute(update(Job).where(Job.id == job_id).values(wall_seconds=wall))
+    refresh_summary(session, [job_id])
+    return True
+
+
+def cancel_job(session: Session, job_id: int) -> None:
+    """queued → cancelled at once; a running job is flagged and stops at its next epoch boundary
+    (its worker moves it to cancelled). Anything else is an ``IllegalTransition``."""
+    if _cancel(session, Job.id == job_id):
+        return
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None:
+        raise JobNotFound(job_id)
+    raise IllegalTransition(f"Job {job_id} is {status}; only queued or running jobs can be cancelled")
+
+
+def cancel_sweep_jobs(session: Session, sweep_id: int) -> None:
+    """``cancel_job`` for every queued or running job of a sweep; finished jobs stay as they are."""
+    _cancel(session, Job.sweep_id == sweep_id)
+
+
+def _cancel(session: Session, which: ColumnElement[bool]) -> int:
+    _legal(Q, JobStatus.cancelled)
+    queued = session.execute(
+        update(Job)
+        .where(which, Job.status == Q)
+        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow())
+    )
+    running = session.execute(update(Job).where(which, Job.status == R).values(cancel_requested=True))
+    session.expire_all()
+    return int(queued.rowcount + running.rowcount)  # type: ignore[attr-defined]
+
+
+def requeue_stale(session: Session, *, stale_after_s: float) -> int:
+    """running → queued, not yet sent, for jobs whose worker stopped heartbeating (it died); the
+    dispatcher sends them again and they resume from their checkpoint. Returns how many."""
+    _legal(R, Q)
+    now = utcnow()
+    stale = now - dt.timedelta(seconds=stale_after_s)
+    result = session.execute(
+        update(Job).where(Job.status == R, Job.heartbeat_at < stale).values(status=Q, enqueued_at=None, worker=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

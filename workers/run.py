@@ -1,0 +1,154 @@
+"""The one job path on a worker: claim 1..N jobs, train them together, persist every epoch.
+
+A job is a pack of one: a separate job and a sweep's pack go through the same claim, heartbeat,
+writer, finish and resume. ``execute`` is a plain function of job ids and a session factory, so
+tests and the embedded runner call the exact code Celery calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import transitions
+from service.db.models import JobStatus
+from service.settings import Settings
+from service.spec_codec import load_spec
+from workers.app import GPUS_ENV
+from workers.database import DatabaseLost, with_db
+from workers.writer import OUTCOME_STATUS, Attempts, Writer, finish_details
+
+log = logging.getLogger("optimlab.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def execute(job_ids: list[int], sessions: sessionmaker[Session], settings: Settings) -> str:
+    """Run the claimable jobs of ``job_ids`` to terminal statuses; returns a summary such as
+    ``"succeeded=3 diverged=1"``, or ``"skipped"`` when none was claimable (finished, cancelled,
+    or owned by a live worker: redelivered and duplicate tasks end here).
+
+    Raises ``DatabaseLost`` when the claim itself could not be made: the caller must not
+    acknowledge the task away.
+    """
+    claim = partial(transitions.claim, job_ids=job_ids, worker=worker_name(), stale_after_s=settings.stale_after_s)
+    claims = with_db(sessions, claim, settings.database_retry_s)
+    if not claims:
+        log.info("jobs %s: not claimable (finished, cancelled, missing or owned by a live worker)", job_ids)
+        return "skipped"
+    attempts = Attempts(claims, sessions, settings.database_retry_s)
+    pack_id = claims[0].pack_id
+    log.info("jobs %s: starting (%s)", [c.job_id for c in claims], f"pack {pack_id}" if pack_id else "alone")
+    checkpoint_dir = settings.resolved_checkpoint_dir() / (f"pack-{pack_id}" if pack_id else str(claims[0].job_id))
+    try:
+        with _beating(attempts, settings.heartbeat_interval_s):
+            statuses = _train(claims, attempts, settings, checkpoint_dir)
+    except DatabaseLost as exc:
+        log.error("jobs %s: %s; leaving them to be requeued", sorted(attempts.live()), exc)
+        return "database_lost"
+    lost = [job_id for job_id, job in attempts.jobs.items() if job.lost and not job.finished]
+    if lost:
+        log.warning("jobs %s lost ownership; they wrote no result", lost)
+    elif not settings.keep_checkpoints:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    counts = Counter(statuses.values()) + Counter({"lost": len(lost)} if lost else {})
+    return " ".join(f"{name}={n}" for name, n in sorted(counts.items()))
+
+
+@contextmanager
+def _beating(attempts: Attempts, interval: float) -> Iterator[None]:
+    """Heartbeat the task's jobs on a daemon thread for the duration of the block."""
+    stop = threading.Event()
+    thread = threading.Thread(target=attempts.heartbeat, args=(interval, stop), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settings, ckpt: Path) -> dict[int, str]:
+    from optim_engine import resolve_device, train_trials  # torch is imported here, in the worker only
+
+    specs, job_ids, statuses = _trainable(claims, attempts)
+    if not specs:
+        return statuses
+    device: str | None = None
+    failure: str | None = None
+    try:
+        device = str(resolve_device(specs[0].device))
+    except Exception as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+    writer = Writer(attempts, settings.metrics_flush_s, device)
+    writer.start()
+
+    def on_finish(i: int, result: Any) -> None:
+        writer.finish(job_ids[i], OUTCOME_STATUS[result.outcome], **finish_details(result))
+
+    try:
+        if failure is not None:
+            raise RuntimeError(failure)
+        train_trials(
+            specs,
+            keys=[str(job_id) for job_id in job_ids],
+            packed=claims[0].pack_id is not None,
+            on_epoch=lambda i, metrics: writer.submit(job_ids[i], metrics.as_dict()),
+            on_finish=on_finish,
+            should_stop=partial(attempts.stopping, job_ids),
+            checkpoint_dir=ckpt,
+            checkpoint_every_s=settings.checkpoint_every_s,
+            num_threads=settings.torch_threads,
+        )
+    except Exception as exc:
+        log.exception("jobs %s failed", job_ids)
+        writer.fail_unfinished(job_ids, f"{type(exc).__name__}: {exc}")
+    writer.close()
+    if attempts.database_error is not None:
+        raise attempts.database_error
+    return statuses | writer.statuses
+
+
+def _trainable(claims: list[transitions.Claim], attempts: Attempts) -> tuple[list[Any], list[int], dict[int, str]]:
+    """The claimed specs this host can train (device pinned to this process's GPU), their job
+    ids, and the failed status of those it cannot (their data vanished, an extra is missing)."""
+    from optim_engine.spec import host_problems
+
+    specs, job_ids, failed = [], [], {}
+    for claim in claims:
+        try:
+            spec = load_spec(claim.spec)
+            problems = host_problems(spec)
+        except Exception as exc:  # the spec validated at submission; the code may have changed since
+            problems = [((), f"{type(exc).__name__}: {exc}")]
+        if not problems:
+            specs.append(spec.model_copy(update={"device": pinned(spec.device)}))
+            job_ids.append(claim.job_id)
+            continue
+        error = "spec: " + "; ".join(f"{'.'.join(loc)}: {msg}" if loc else msg for loc, msg in problems)
+        log.error("job %s: %s", claim.job_id, error)
+        finish = partial(transitions.finish, job_id=claim.job_id, attempt=claim.attempt, status=JobStatus.failed)
+        if with_db(attempts.sessions, partial(finish, error=error), attempts.budget_s):
+            failed[claim.job_id] = str(JobStatus.failed)
+        attempts.jobs[claim.job_id].finished = True  # out of this task either way: no more heartbeats
+    return specs, job_ids, failed
+
+
+def pinned(device: str) -> str:
+    """In a pool whose children own one GPU each, ``cuda:N`` means this child's GPU."""
+    if os.environ.get(GPUS_ENV) and device.startswith("cuda"):
+        return "cuda"
+    return device

@@ -1,0 +1,204 @@
+"""What a task writes while its jobs train: epoch rows, final statuses and heartbeats.
+
+A task owns 1..N claimed jobs (one job is a pack of one). ``Attempts`` tracks, per job, whether
+this attempt still owns it and whether the user asked it to stop, learned from every write. The
+``Writer`` thread writes rows and final statuses off the training thread, one transaction per
+flush; a job's final status goes in the same transaction as its last rows, and the summary is
+derived from the stored rows (``service.db.epochs``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import epochs, transitions
+from service.db.models import JobStatus
+from workers.database import DatabaseLost, with_db
+
+log = logging.getLogger("optimlab.worker")
+
+OUTCOME_STATUS = {
+    "completed": JobStatus.succeeded,
+    "early_stopped": JobStatus.succeeded,
+    "diverged": JobStatus.diverged,
+    "cancelled": JobStatus.cancelled,
+}
+
+FRESH_FLAG_S = 1.0
+"""Flags older than this are read from the database again at an epoch boundary (long epochs)."""
+
+
+@dataclass
+class _Owned:
+    attempt: int
+    lost: bool = False
+    cancel_requested: bool = False
+    finished: bool = False  # its final status is written
+
+
+class Attempts:
+    """This task's claimed jobs, and what the database last said about each."""
+
+    def __init__(self, claims: list[transitions.Claim], sessions: sessionmaker[Session], budget_s: float) -> None:
+        self.jobs = {c.job_id: _Owned(c.attempt) for c in claims}
+        self.database_error: DatabaseLost | None = None
+        self.learned_at = time.monotonic()
+        self.sessions = sessions
+        self.budget_s = budget_s
+
+    def learn(self, ownerships: dict[int, transitions.Ownership]) -> None:
+        for job_id, ownership in ownerships.items():
+            job = self.jobs[job_id]
+            if not job.finished:
+                job.lost = job.lost or not ownership.owned
+                job.cancel_requested = job.cancel_requested or ownership.cancel_requested
+        self.learned_at = time.monotonic()
+
+    def live(self) -> dict[int, int]:
+        """Attempt numbers of the jobs still training here."""
+        return {job_id: j.attempt for job_id, j in self.jobs.items() if not (j.lost or j.finished)}
+
+    def stopping(self, job_ids: list[int]) -> set[int]:
+        """Positions in ``job_ids`` of the trials to end now (lost, or cancel requested); all of
+        them when the database is gone. Called at each epoch boundary."""
+        if time.monotonic() - self.learned_at > FRESH_FLAG_S and self.database_error is None:
+            try:
+                self.learn(with_db(self.sessions, partial(transitions.heartbeat, attempts=self.live()), self.budget_s))
+            except DatabaseLost as exc:
+                self.database_error = exc
+        if self.database_error is not None:
+            return set(range(len(job_ids)))
+        return {i for i, job_id in enumerate(job_ids) if self.jobs[job_id].lost or self.jobs[job_id].cancel_requested}
+
+    def heartbeat(self, interval: float, stop: threading.Event) -> None:
+        """Prove the worker lives, and pick up cancel requests during a long epoch (a thread)."""
+        while not stop.wait(interval):
+            try:
+                with self.sessions() as session, session.begin():
+                    self.learn(transitions.heartbeat(session, self.live()))
+            except DBAPIError as exc:
+                log.warning("heartbeat of jobs %s failed: %s", sorted(self.live()), exc.orig)
+
+
+def finish_details(result: Any) -> dict[str, Any]:
+    """A finished trial's final write: environment, divergence, resume point, and its rows from
+    before a resume (a killed attempt's checkpoint can land before its rows reach the database)."""
+    resumed = result.resumed_from_epoch or 0
+    return {
+        "environment": result.environment,
+        "diverged_epoch": result.diverged_epoch,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "before_resume": [m.as_dict() for m in result.history if m.epoch <= resumed],
+    }
+
+
+Finish = tuple[JobStatus, dict[str, Any]]
+
+
+class Writer(threading.Thread):
+    """Writes epoch rows and final statuses of a task's jobs, at most one flush per ``flush_s``;
+    rows that arrive in between (fast epochs, a slow database) go in one transaction. Its first
+    flush, at once, records the device."""
+
+    def __init__(self, attempts: Attempts, flush_s: float, device: str | None) -> None:
+        super().__init__(name="epoch-writer", daemon=True)
+        self._attempts = attempts
+        self._flush_s = flush_s
+        self._device = device
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+        self._finishes: dict[int, Finish] = {}
+        self._closed = False
+        self._wake = threading.Condition()
+        self.statuses: dict[int, str] = {}
+
+    def submit(self, job_id: int, row: dict[str, Any]) -> None:
+        with self._wake:
+            self._rows.setdefault(job_id, []).append(row)
+            self._wake.notify()
+
+    def finish(self, job_id: int, status: JobStatus, **details: Any) -> None:
+        """Queue a job's final write (status, then ``transitions.finish``'s keyword arguments)."""
+        with self._wake:
+            self._finishes.setdefault(job_id, (status, details))
+            self._wake.notify()
+
+    def fail_unfinished(self, job_ids: list[int], error: str) -> None:
+        with self._wake:
+            for job_id in job_ids:
+                if job_id not in self.statuses:
+                    self._finishes.setdefault(job_id, (JobStatus.failed, {"error": error}))
+
+    def close(self) -> None:
+        """Stop the thread, then write what is left (rows and final statuses) from this one."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self.join()
+        if self._attempts.database_error is None:
+            self._flush()
+
+    def run(self) -> None:
+        while True:
+            with self._wake:
+                self._wake.wait_for(lambda: self._rows or self._finishes or self._device or self._closed)
+                if self._closed:
+                    return
+            if not self._flush():
+                return
+            with self._wake:  # let rows gather; close() ends the wait at once
+                self._wake.wait_for(lambda: self._closed, timeout=self._flush_s)
+
+    def _flush(self) -> bool:
+        with self._wake:
+            rows, self._rows = self._rows, {}
+            finishes, self._finishes = self._finishes, {}
+        write = partial(self._write, rows=rows, finishes=finishes, device=self._device)
+        try:
+            ownerships, finished = with_db(self._attempts.sessions, write, self._attempts.budget_s)
+        except DatabaseLost as exc:
+            with self._wake:  # unwritten work goes back for the final flush (if the database returns)
+                for job_id, batch in rows.items():
+                    self._rows[job_id] = batch + self._rows.get(job_id, [])
+                self._finishes = finishes | self._finishes
+            self._attempts.database_error = exc
+            return False
+        self._device = None
+        self._attempts.learn(ownerships)
+        for job_id, status in finished.items():
+            self.statuses[job_id] = status
+            self._attempts.jobs[job_id].finished = True
+        return True
+
+    def _write(
+        self,
+        session: Session,
+        *,
+        rows: dict[int, list[dict[str, Any]]],
+        finishes: dict[int, Finish],
+        device: str | None,
+    ) -> tuple[dict[int, transitions.Ownership], dict[int, str]]:
+        """Heartbeat, rows, summaries and final statuses in the caller's transaction; returns what
+        it learned and which jobs it finished, applied by the caller once the transaction
+        committed (a retried transaction runs this again)."""
+        live = self._attempts.live()
+        touched = set(rows) | set(finishes) | (set(live) if device else set())
+        ownerships = transitions.heartbeat(session, {j: live[j] for j in sorted(touched) if j in live}, device=device)
+        owned = [job_id for job_id, o in ownerships.items() if o.owned]
+        before_resume = {j: finishes[j][1].get("before_resume", []) for j in owned if j in finishes}
+        epochs.record(session, {j: before_resume.get(j, []) + rows.get(j, []) for j in owned})
+        epochs.refresh_summary(session, [j for j in owned if j in rows and j not in finishes])
+        finished: dict[int, str] = {}
+        for job_id in (j for j in owned if j in finishes):
+            status, details = finishes[job_id]
+            extra = {k: v for k, v in details.items() if k != "before_resume"}
+            if transitions.finish(session, job_id, live[job_id], status, **extra):
+                finished[job_id] = str(status)
+        return ownerships, finished
