@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from optim_engine._models import build_loss, build_model
     from optim_engine._optim import build_optimizer, build_scheduler
     from optim_engine._packed import train_packed
+    from optim_engine._trials import train_trials
 
 __all__ = [
     "EpochMetrics",
@@ -39,6 +40,7 @@ __all__ = [
     "resolve_device",
     "train",
     "train_packed",
+    "train_trials",
 ]
 
 _LAZY = {
@@ -46,6 +48,7 @@ _LAZY = {
     "build_dataset": "optim_engine._datasets",
     "train": "optim_engine._loop",
     "train_packed": "optim_engine._packed",
+    "train_trials": "optim_engine._trials",
     "resolve_device": "optim_engine._loop",
     "build_loss": "optim_engine._models",
     "build_model": "optim_engine._models",

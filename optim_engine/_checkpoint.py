@@ -1,4 +1,7 @@
-"""Checkpoints: everything a run needs to continue exactly where it stopped."""
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+``write`` and ``read`` are the one checkpoint writer and reader (atomic, with a format number);
+``save`` and ``load`` are the plain loop's checkpoint, ``_packed`` writes the pack's."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from optim_engine.results import EpochMetrics
 from optim_engine.spec import EarlyStopping
 
 FILENAME = "checkpoint.pt"
-_FORMAT = 1
+_FORMAT = 1  # of the plain loop's checkpoint
 
 
 @dataclass
@@ -61,6 +64,29 @@ class RunState:
         )
 
 
+def write(path: Path, payload: dict[str, Any], *, version: int) -> None:
+    """Write ``payload`` with format number ``version`` to ``path`` atomically (temp file, then
+    rename): a crash never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"format": version, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def read(path: Path, *, version: int) -> dict[str, Any] | None:
+    """The payload ``write`` left at ``path``, or None when there is none.
+
+    Raises:
+        ValueError: the file has another format number than ``version``.
+    """
+    if not path.exists():
+        return None
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != version:
+        raise ValueError(f"{path} has checkpoint format {payload.get('format')}, expected {version}")
+    return payload
+
+
 def save(
     directory: Path,
     *,
@@ -70,10 +96,8 @@ def save(
     scheduler: Any,
     state: RunState,
 ) -> None:
-    """Write the checkpoint atomically (temp file, then rename): a crash never leaves half a file."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write the plain loop's checkpoint to ``directory``."""
     payload = {
-        "format": _FORMAT,
         "spec_hash": spec_hash,
         "epoch": state.history[-1].epoch if state.history else 0,
         "model": model.state_dict(),
@@ -83,9 +107,7 @@ def save(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         **state.as_dict(),
     }
-    tmp = directory / f".{FILENAME}.{os.getpid()}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, directory / FILENAME)
+    write(directory / FILENAME, payload, version=_FORMAT)
 
 
 def load(
@@ -98,11 +120,9 @@ def load(
 ) -> RunState | None:
     """Restore a run from ``directory`` if it holds a checkpoint; None when it holds none."""
     path = directory / FILENAME
-    if not path.exists():
+    payload = read(path, version=_FORMAT)
+    if payload is None:
         return None
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != _FORMAT:
-        raise ValueError(f"{path} has checkpoint format {payload.get('format')}, expected {_FORMAT}")
     if payload["spec_hash"] != spec_hash:
         raise ValueError(f"{path} was written by a run of a different spec; use another checkpoint_dir")
     model.load_state_dict(payload["model"])

@@ -1,4 +1,4 @@
-"""The training loop every worker runs: ``train(spec)``."""
+"""The plain training loop: ``train(spec)`` trains one spec, any model and optimizer, alone."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from optim_engine import _checkpoint, _seeding
 from optim_engine._datasets import TensorData, build_dataset
 from optim_engine._models import build_loss, build_model, count_correct
 from optim_engine._optim import build_optimizer, build_scheduler, steps_per_epoch
+from optim_engine._policy import CheckpointCadence, after_epoch, steps_per_batch
 from optim_engine.results import EpochMetrics, Outcome, TrainResult
 from optim_engine.settings import get_settings
 from optim_engine.spec import JobSpec
@@ -118,74 +119,66 @@ def _run(
     data = build_dataset(spec, device)
     model = build_model(spec).to(device)
     optimizer = build_optimizer(spec, model, device)
-    n_train = data.x_train.shape[0]
-    scheduler = build_scheduler(spec, optimizer, steps_per_epoch(n_train, spec.batch_size))
-    per_step = scheduler if spec.schedulers and spec.schedulers[0].interval == "step" else None
-    per_epoch = scheduler if per_step is None else None
+    scheduler = build_scheduler(spec, optimizer, steps_per_epoch(data.x_train.shape[0], spec.batch_size))
+    per_step = steps_per_batch(spec)
+    step_scheduler = scheduler if per_step else None  # the step loop steps it; ``after_epoch`` the others
     loss_fn = build_loss(spec)
     bf16 = spec.precision == "bf16" and device.type in ("cuda", "cpu")
     forward = torch.compile(model) if spec.compile else model
     torch.manual_seed(_seeding.dropout_seed(spec.seed))
 
     spec_hash = spec.spec_hash()
-    state = _checkpoint.RunState(history=[])
-    resumed_from = None
-    if checkpoint_dir is not None:
-        restored = _checkpoint.load(
-            checkpoint_dir, spec_hash=spec_hash, model=model, optimizer=optimizer, scheduler=scheduler
-        )
-        if restored is not None:
-            state, resumed_from = restored, len(restored.history)
-
+    state, resumed_from = _resume(checkpoint_dir, spec_hash, model, optimizer, scheduler)
     environment = _environment(spec, device, optimizer, bf16)
-    last_checkpoint = time.monotonic()
-    outcome: Outcome = "completed"
-    diverged_epoch = None
-    early = spec.early_stopping
-    if state.stopped(early):
+    if state.stopped(spec.early_stopping):
         # Restored from the checkpoint of an epoch that had already stopped the run early.
         return TrainResult("early_stopped", state.history, environment, resumed_from_epoch=resumed_from)
+    cadence = CheckpointCadence(checkpoint_every_s)
+    outcome: Outcome = "completed"
     for epoch in range(len(state.history) + 1, spec.epochs + 1):
         if should_stop is not None and should_stop():
             outcome = "cancelled"
             break
-        metrics, first_loss = _epoch(
-            spec, epoch, forward, data, optimizer, loss_fn, per_step, bf16, device, state.first_loss
+        metrics, state.first_loss = _epoch(
+            spec, epoch, forward, data, optimizer, loss_fn, step_scheduler, bf16, device, state.first_loss
         )
-        state.first_loss = first_loss
         state.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-        if spec.divergence.enabled and _diverged(metrics, first_loss, spec.divergence.max_loss_ratio):
-            outcome, diverged_epoch = "diverged", epoch
-            break
-        if isinstance(per_epoch, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            per_epoch.step(metrics.monitored_loss)
-        elif per_epoch is not None:
-            per_epoch.step()
-        stop_early = state.stops_early(metrics, early)
-        if checkpoint_dir is not None and time.monotonic() - last_checkpoint >= checkpoint_every_s:
-            last_checkpoint = time.monotonic()
+        verdict = after_epoch(spec, state, metrics, scheduler, per_step)
+        # A diverged epoch is not checkpointed; an early-stopped one is, and then the run ends.
+        if verdict != "diverged" and checkpoint_dir is not None and cadence.due():
+            cadence.mark()
             _checkpoint.save(
                 checkpoint_dir, spec_hash=spec_hash, model=model, optimizer=optimizer, scheduler=scheduler, state=state
             )
-        if stop_early:
-            outcome = "early_stopped"
+        if verdict is not None:
+            outcome = verdict
             break
     return TrainResult(
         outcome=outcome,
         history=state.history,
         environment=environment,
-        diverged_epoch=diverged_epoch,
+        diverged_epoch=state.history[-1].epoch if outcome == "diverged" else None,
         resumed_from_epoch=resumed_from,
     )
 
 
-def _diverged(metrics: EpochMetrics, first_loss: float | None, max_ratio: float) -> bool:
-    losses = [metrics.train_loss] + ([metrics.val_loss] if metrics.val_loss is not None else [])
-    if not all(math.isfinite(loss) for loss in losses):
-        return True
-    return first_loss is not None and first_loss > 0 and metrics.train_loss > max_ratio * first_loss
+def _resume(
+    checkpoint_dir: Path | None,
+    spec_hash: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> tuple[_checkpoint.RunState, int | None]:
+    """The state a run starts from, and the epoch it resumes after (None: a fresh run)."""
+    if checkpoint_dir is not None:
+        restored = _checkpoint.load(
+            checkpoint_dir, spec_hash=spec_hash, model=model, optimizer=optimizer, scheduler=scheduler
+        )
+        if restored is not None:
+            return restored, len(restored.history)
+    return _checkpoint.RunState(history=[]), None
 
 
 def _epoch(

@@ -1,0 +1,79 @@
+"""What happens after a trial's epoch, in both training loops: divergence, the epoch's scheduler
+step, early stopping, and when the next checkpoint is due."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from optim_engine._checkpoint import RunState
+from optim_engine._optim import Scheduler
+from optim_engine.results import EpochMetrics
+from optim_engine.spec import JobSpec
+
+Verdict = Literal["diverged", "early_stopped"] | None
+"""``after_epoch``'s answer: how the trial ends, or None when it goes on."""
+
+
+def steps_per_batch(spec: JobSpec) -> bool:
+    """Whether the spec's scheduler steps after every optimizer step (else once per epoch)."""
+    return bool(spec.schedulers) and spec.schedulers[0].interval == "step"
+
+
+def after_epoch(
+    spec: JobSpec, state: RunState, metrics: EpochMetrics, scheduler: Scheduler | None, per_step: bool
+) -> Verdict:
+    """Decide how a trial goes on after the epoch ``metrics``, which ``state.history`` already holds.
+
+    In this order, the one both loops keep: a diverged trial ends at once (its scheduler does not
+    step and the epoch is not checkpointed); otherwise a per-epoch scheduler steps
+    (ReduceLROnPlateau on the monitored loss) and early stopping records the epoch. The caller
+    checkpoints when that is due and only then ends an early-stopped trial, so a resumed run
+    finds it stopped.
+
+    Args:
+        spec: the trial's spec (divergence and early-stopping settings).
+        state: the trial's run state; its early-stopping counters are updated.
+        metrics: the epoch's metrics.
+        scheduler: the trial's scheduler, or None.
+        per_step: whether ``scheduler`` steps per optimizer step (then it is not stepped here).
+    """
+    if spec.divergence.enabled and diverged(metrics, state.first_loss, spec.divergence.max_loss_ratio):
+        return "diverged"
+    if scheduler is not None and not per_step:
+        if isinstance(scheduler, ReduceLROnPlateau):
+            scheduler.step(metrics.monitored_loss)
+        else:
+            scheduler.step()
+    return "early_stopped" if state.stops_early(metrics, spec.early_stopping) else None
+
+
+def diverged(metrics: EpochMetrics, first_loss: float | None, max_ratio: float) -> bool:
+    """A non-finite loss, or a training loss above ``max_ratio`` times the run's first batch loss."""
+    losses = [metrics.train_loss] + ([metrics.val_loss] if metrics.val_loss is not None else [])
+    if not all(math.isfinite(loss) for loss in losses):
+        return True
+    return first_loss is not None and first_loss > 0 and metrics.train_loss > max_ratio * first_loss
+
+
+class CheckpointCadence:
+    """When a loop writes its next checkpoint: after an epoch, unless the last one (or the start of
+    the run) is younger than ``every_s``. That bounds the work a crash loses without writing a
+    checkpoint every few milliseconds for tiny models."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self._clock = clock
+        self._last = clock()
+
+    def due(self) -> bool:
+        """Whether a checkpoint is due now."""
+        return self._clock() - self._last >= self.every_s
+
+    def mark(self) -> None:
+        """Count a checkpoint as written now."""
+        self._last = self._clock()

@@ -1,0 +1,95 @@
+"""``train_trials(specs)``: the one entry point that picks the training loop, plain or packed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+from optim_engine._loop import train
+from optim_engine._packed import train_packed
+from optim_engine.results import EpochMetrics, TrainResult
+from optim_engine.spec import JobSpec
+
+
+def train_trials(
+    specs: Sequence[JobSpec | dict[str, Any]],
+    *,
+    keys: Sequence[str] | None = None,
+    packed: bool | None = None,
+    on_epoch: Callable[[int, EpochMetrics], None] | None = None,
+    on_finish: Callable[[int, TrainResult], None] | None = None,
+    should_stop: Callable[[], Collection[int]] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every_s: float = 0.0,
+    num_threads: int | None = None,
+) -> list[TrainResult]:
+    """Train ``specs``, each as its own trial, with the loop that fits: the choice is made here only.
+
+    The plain loop (``train``) trains one spec with any model and optimizer; the packed loop
+    (``train_packed``) trains specs that ``can_pack`` accepts as one pack, a pack of one included.
+    Either way the callbacks and results speak of trials by their position in ``specs``.
+
+    Args:
+        specs: the trials' specs (``JobSpec`` or dicts that validate as one).
+        keys: a stable name per trial; the pack checkpoint is keyed by them.
+        packed: True for the packed loop, False for the plain loop (exactly one spec), None for
+            packed when there is more than one spec.
+        on_epoch: called with (trial position, metrics) for each trial's finished epoch, before
+            that epoch is checkpointed.
+        on_finish: called once per trial with (trial position, result) as soon as it ends.
+        should_stop: polled before each epoch; returns the positions of trials to end as
+            ``cancelled``.
+        checkpoint_dir: resume from the checkpoint there (``checkpoint.pt``, or ``pack.pt`` for a
+            pack) and write one after epochs.
+        checkpoint_every_s: skip a checkpoint when the last one is younger than this.
+        num_threads: torch intra-op threads (default: ``OPTIMLAB_TORCH_THREADS``).
+
+    Returns:
+        One ``TrainResult`` per spec, in the order given.
+
+    Raises:
+        ValueError: ``packed`` is False and there is not exactly one spec, ``keys`` does not name
+            each trial once, or the specs cannot be packed.
+    """
+    if packed is None:
+        packed = len(specs) > 1
+    if packed:
+        return train_packed(
+            specs,
+            keys=keys,
+            on_epoch=on_epoch,
+            on_finish=on_finish,
+            should_stop=should_stop,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every_s=checkpoint_every_s,
+            num_threads=num_threads,
+        )
+    if len(specs) != 1:
+        raise ValueError(f"packed=False trains exactly one spec; got {len(specs)} (pass packed=True to pack them)")
+    if keys is not None and len(keys) != 1:
+        raise ValueError("keys: give one distinct key per spec")
+    return [_train_alone(specs[0], on_epoch, on_finish, should_stop, checkpoint_dir, checkpoint_every_s, num_threads)]
+
+
+def _train_alone(
+    spec: JobSpec | dict[str, Any],
+    on_epoch: Callable[[int, EpochMetrics], None] | None,
+    on_finish: Callable[[int, TrainResult], None] | None,
+    should_stop: Callable[[], Collection[int]] | None,
+    checkpoint_dir: str | Path | None,
+    checkpoint_every_s: float,
+    num_threads: int | None,
+) -> TrainResult:
+    """``train`` behind ``train_packed``'s callbacks, for the trial at position 0."""
+    result = train(
+        spec,
+        on_epoch=(lambda metrics: on_epoch(0, metrics)) if on_epoch is not None else None,
+        should_stop=(lambda: 0 in should_stop()) if should_stop is not None else None,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every_s=checkpoint_every_s,
+        num_threads=num_threads,
+    )
+    if on_finish is not None:
+        on_finish(0, result)
+    return result
