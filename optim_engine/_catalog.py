@@ -1,9 +1,9 @@
 """The catalog: every model, dataset, loss, optimizer and scheduler a spec can name, with the
-JSON schema of its params. Built from the spec alone, so the API serves it without torch."""
+JSON schema of its params. Built from the spec without torch, so the API serves it; whether an
+optimizer is available says what this host has (its extra installed, its plugin loaded)."""
 
 from __future__ import annotations
 
-import importlib.util
 import typing
 from typing import Any
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from optim_engine import spec as _spec
 from optim_engine.packing import PACKABLE_MODELS, PACKABLE_OPTIMIZERS
+from optim_engine.spec.host import extra_missing
 
 
 def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
@@ -31,8 +32,7 @@ def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
         extra = variant.extra  # type: ignore[attr-defined]
         if extra is not None:
             entry["requires"] = extra
-            if extra == "pytorch-optimizer":
-                entry["available"] = importlib.util.find_spec("pytorch_optimizer") is not None
+            entry["available"] = not extra_missing(extra)
     if kind == "scheduler":
         entry["target"] = variant.target  # type: ignore[attr-defined]
         entry["interval"] = fields["interval"].default
@@ -49,11 +49,15 @@ def _union_members(union: Any) -> list[type[BaseModel]]:
     return list(typing.get_args(inner))
 
 
+def _unavailable(name: str, kind: str, reason: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "kind": kind, "available": False, "reason": reason, "params_schema": {}, **extra}
+
+
 def catalog() -> dict[str, list[dict[str, Any]]]:
     """Every registry entry by kind, each with its params' JSON schema.
 
-    Names that torch offers but no spec can use (SparseAdam, LambdaLR, ...) appear with
-    ``available: false`` and the reason.
+    Names that torch offers but no spec can use (SparseAdam, LambdaLR, ...) and optimizer
+    plugins that failed to load appear with ``available: false`` and the reason.
     """
     result: dict[str, list[dict[str, Any]]] = {}
     kinds: dict[str, tuple[str, list[type[BaseModel]]]] = {
@@ -66,8 +70,11 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
     for key, (kind, variants) in kinds.items():
         result[key] = [_entry(name, v, kind) for v in variants for name in _spec.variant_names(v)]
     for key, rejected in (("optimizers", _spec.REJECTED_OPTIMIZERS), ("schedulers", _spec.REJECTED_SCHEDULERS)):
-        result[key] += [
-            {"name": name, "kind": key[:-1], "available": False, "reason": reason, "params_schema": {}}
-            for name, reason in rejected.items()
-        ]
+        result[key] += [_unavailable(name, key[:-1], reason) for name, reason in rejected.items()]
+    listed = {entry["name"] for entry in result["optimizers"]}
+    result["optimizers"] += [
+        _unavailable(name, "optimizer", reason, requires="plugin")
+        for name, reason in _spec.PLUGIN_ERRORS.items()
+        if name not in listed  # a failed plugin named like a built-in does not hide it
+    ]
     return result

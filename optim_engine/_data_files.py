@@ -1,7 +1,8 @@
 """Readers for dataset files under the data root (npz, csv, MNIST idx, CIFAR-10 pickles).
 
-numpy only, no torch: the API validates file datasets with these readers at submission, and the
-engine builds tensors from the same arrays, so a file that validates is a file that trains.
+numpy only, no torch: the host check (``optim_engine.spec.host``) reads file datasets with these
+readers at submission, and the engine builds tensors from the same arrays, so a file that passes
+the check is a file that trains.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ VISION_FILES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 
 
 class DataFileError(ValueError):
-    """A dataset file is missing, outside the data root, or unreadable."""
+    """A dataset file is missing, outside the data root, or unreadable.
+
+    ``param`` names the dataset param the problem is about (``path``, ``x_key``, ``target``, ...).
+    """
+
+    def __init__(self, message: str, param: str = "path") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,8 @@ def _load_npz_cached(stamp: tuple[str, float, int], x_key: str, y_key: str) -> A
         with np.load(path, allow_pickle=False) as archive:
             missing = [k for k in (x_key, y_key) if k not in archive.files]
             if missing:
-                raise DataFileError(f"{path.name} has no array {missing[0]!r} (arrays: {archive.files})")
+                message = f"{path.name} has no array {missing[0]!r} (arrays: {archive.files})"
+                raise DataFileError(message, param="x_key" if missing[0] == x_key else "y_key")
             x, y = archive[x_key], archive[y_key]
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataFileError):
@@ -102,12 +111,12 @@ def _load_csv_cached(stamp: tuple[str, float, int], target: str | int, delimiter
         raise DataFileError(f"{path.name} has empty or non-numeric cells")
     if isinstance(target, str):
         if target not in names:
-            raise DataFileError(f"{path.name} has no column {target!r} (columns: {names})")
+            raise DataFileError(f"{path.name} has no column {target!r} (columns: {names})", param="target")
         column = names.index(target)
     else:
         column = target if target >= 0 else table.shape[1] + target
         if not 0 <= column < table.shape[1]:
-            raise DataFileError(f"{path.name} has {table.shape[1]} columns; no column {target}")
+            raise DataFileError(f"{path.name} has {table.shape[1]} columns; no column {target}", param="target")
     x = np.delete(table, column, axis=1)
     return ArrayData(x=x, y=table[:, column])
 

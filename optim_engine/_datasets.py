@@ -20,9 +20,8 @@ from optim_engine.spec import (
     SyntheticClassificationDataset,
     SyntheticRegressionDataset,
     VisionDataset,
-    dataset_info,
-    file_arrays,
 )
+from optim_engine.spec.host import dataset_info, file_arrays, resolve_root
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ def build_dataset(
     seed, so every seed of a sweep sees the same validation set.
     """
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-    root = data_root if data_root is not None else Path(get_settings().data_dir)
+    root = resolve_root(data_root)
     info = dataset_info(spec.dataset, root)
     arrays = DATASETS[spec.dataset.name](spec.dataset, root)
     x_train, y_train, x_val, y_val = _split(arrays, spec.dataset.val_fraction, spec.dataset.split_seed)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from optim_engine import _seeding
-from optim_engine.settings import get_settings
-from optim_engine.spec import CNNParams, DatasetInfo, JobSpec, MLPParams, dataset_info, output_size
+from optim_engine.spec import CNNParams, DatasetInfo, JobSpec, MLPParams, output_size
+from optim_engine.spec.host import dataset_info, resolve_root
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -71,7 +71,7 @@ MODELS: dict[str, Callable[[Any, int, int, DatasetInfo], nn.Module]] = {
 def build_model(spec: JobSpec | dict[str, Any], *, data_root: Path | None = None) -> nn.Module:
     """The exact initial model of a run, on the CPU: same seed, same weights, whatever the optimizer."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-    info = dataset_info(spec.dataset, data_root if data_root is not None else Path(get_settings().data_dir))
+    info = dataset_info(spec.dataset, resolve_root(data_root))
     builder = MODELS[spec.model.name]
     n_out = output_size(spec.loss, info)
     return _seeding.init_weights(spec.seed, lambda: builder(spec.model.params, info.n_features, n_out, info))

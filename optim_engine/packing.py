@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from optim_engine.spec import JobSpec
+from optim_engine.spec import FieldProblem, JobSpec
 
 PACKABLE_MODELS = ("linear", "logistic_regression", "mlp")
 PACKABLE_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -46,22 +46,23 @@ def pack_key(spec: JobSpec) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def unpackable(spec: JobSpec) -> list[str]:
-    """Why this one spec cannot be a pack's trial (empty when it can)."""
-    reasons = []
+def unpackable(spec: JobSpec) -> list[FieldProblem]:
+    """Why this one spec cannot be a pack's trial, each as ``(location, message)``; empty when it can."""
+    problems: list[FieldProblem] = []
     if spec.model.name not in PACKABLE_MODELS:
-        reasons.append(f"model.name: {spec.model.name} is not packable (packable: {', '.join(PACKABLE_MODELS)})")
+        message = f"{spec.model.name} is not packable (packable: {', '.join(PACKABLE_MODELS)})"
+        problems.append((("model", "name"), message))
     elif getattr(spec.model.params, "dropout", 0.0) > 0:
-        reasons.append("model.params.dropout: dropout is not packable (trials would need their own masks)")
+        message = "dropout is not packable (trials would need their own masks)"
+        problems.append((("model", "params", "dropout"), message))
     if spec.optimizer.name not in PACKABLE_OPTIMIZERS:
-        reasons.append(
-            f"optimizer.name: {spec.optimizer.name} is not packable (packable: {', '.join(PACKABLE_OPTIMIZERS)})"
-        )
+        message = f"{spec.optimizer.name} is not packable (packable: {', '.join(PACKABLE_OPTIMIZERS)})"
+        problems.append((("optimizer", "name"), message))
     if spec.compile:
-        reasons.append("compile: a pack is not compiled; set compile to false")
+        problems.append((("compile",), "a pack is not compiled; set compile to false"))
     if spec.precision != "fp32":
-        reasons.append(f"precision: {spec.precision} is not packable; packs train in fp32")
-    return reasons
+        problems.append((("precision",), f"{spec.precision} is not packable; packs train in fp32"))
+    return problems
 
 
 def can_pack(specs: Sequence[JobSpec | dict[str, Any]]) -> PackCheck:
@@ -69,7 +70,9 @@ def can_pack(specs: Sequence[JobSpec | dict[str, Any]]) -> PackCheck:
     parsed = [s if isinstance(s, JobSpec) else JobSpec.model_validate(s) for s in specs]
     if not parsed:
         return PackCheck(["specs: a pack needs at least one trial"])
-    reasons = [f"trial {i}: {why}" for i, spec in enumerate(parsed) for why in unpackable(spec)]
+    reasons = [
+        f"trial {i}: {'.'.join(loc)}: {message}" for i, spec in enumerate(parsed) for loc, message in unpackable(spec)
+    ]
     first = parsed[0].model_dump(mode="json", include=set(_SHARED))
     for i, spec in enumerate(parsed[1:], start=1):
         dumped = spec.model_dump(mode="json", include=set(_SHARED))

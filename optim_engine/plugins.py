@@ -23,6 +23,10 @@ class OptimizerPlugin(BaseModel):
     string, imported only when a worker builds the optimizer), so the API validates plugin specs
     without loading torch. ``params_model`` is a pydantic model of the constructor's keyword
     arguments besides ``params`` and ``lr``; use ``extra="forbid"``.
+
+    An entry point that fails to load (its module raises, it names something else, its name is
+    taken) breaks nothing: ``optim_engine.spec.PLUGIN_ERRORS`` records why, the catalog lists it
+    as unavailable with that reason, and a spec naming it is rejected at ``optimizer``.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)

@@ -121,3 +121,10 @@ def test_registry_keys_agree_with_spec_unions() -> None:
     assert set(_optim.OPTIMIZERS) == {_name(v) for v in OPTIMIZER_VARIANTS}
     assert set(_optim.SCHEDULERS) == {_name(v) for v in SCHEDULER_VARIANTS}
     assert not set(REJECTED_OPTIMIZERS) & set(_optim.OPTIMIZERS)
+
+
+def test_file_datasets_are_built_from_the_host_checks_readers() -> None:
+    from optim_engine.spec import host
+
+    assert _datasets.DATASETS["npz"] is host.file_arrays
+    assert _datasets.DATASETS["csv"] is host.file_arrays

@@ -1,0 +1,114 @@
+"""The job spec: the one contract between the API, the workers and the engine.
+
+Pure pydantic, no torch, so the API validates with exactly the schema the workers train from.
+Models, datasets, losses, optimizers and schedulers are discriminated unions on ``name``; each
+variant's params mirror the torch constructor they build (a test holds them to the installed
+torch). Validation reads the spec alone; what the host must provide is ``host_problems``'s.
+"""
+
+from __future__ import annotations
+
+from optim_engine.spec._base import StrictModel, variant_names
+from optim_engine.spec.datasets import (
+    CsvDataset,
+    CsvParams,
+    DatasetInfo,
+    DatasetSpec,
+    FileParams,
+    NpzDataset,
+    NpzParams,
+    SklearnDataset,
+    SyntheticClassificationDataset,
+    SyntheticClassificationParams,
+    SyntheticRegressionDataset,
+    SyntheticRegressionParams,
+    Task,
+    VisionDataset,
+    VisionParams,
+    static_info,
+)
+from optim_engine.spec.errors import SPEC_ERROR, FieldProblem, error_details
+from optim_engine.spec.host import dataset_info, file_arrays, host_problems
+from optim_engine.spec.job import DivergencePolicy, EarlyStopping, JobSpec
+from optim_engine.spec.losses import (
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    HuberLoss,
+    L1Loss,
+    LossSpec,
+    MSELoss,
+    SmoothL1Loss,
+    output_size,
+)
+from optim_engine.spec.models import (
+    CNNModel,
+    CNNParams,
+    LinearModel,
+    LinearParams,
+    LogisticRegressionModel,
+    LogisticRegressionParams,
+    MLPModel,
+    MLPParams,
+    ModelSpec,
+)
+from optim_engine.spec.optimizers import (
+    OPTIMIZER_VARIANTS,
+    PLUGIN_ERRORS,
+    REJECTED_OPTIMIZERS,
+    OptimizerSpec,
+)
+from optim_engine.spec.schedulers import REJECTED_SCHEDULERS, SCHEDULER_VARIANTS, SchedulerSpec
+
+__all__ = [
+    "OPTIMIZER_VARIANTS",
+    "PLUGIN_ERRORS",
+    "REJECTED_OPTIMIZERS",
+    "REJECTED_SCHEDULERS",
+    "SCHEDULER_VARIANTS",
+    "SPEC_ERROR",
+    "BCEWithLogitsLoss",
+    "CNNModel",
+    "CNNParams",
+    "CrossEntropyLoss",
+    "CsvDataset",
+    "CsvParams",
+    "DatasetInfo",
+    "DatasetSpec",
+    "DivergencePolicy",
+    "EarlyStopping",
+    "FieldProblem",
+    "FileParams",
+    "HuberLoss",
+    "JobSpec",
+    "L1Loss",
+    "LinearModel",
+    "LinearParams",
+    "LogisticRegressionModel",
+    "LogisticRegressionParams",
+    "LossSpec",
+    "MLPModel",
+    "MLPParams",
+    "MSELoss",
+    "ModelSpec",
+    "NpzDataset",
+    "NpzParams",
+    "OptimizerSpec",
+    "SchedulerSpec",
+    "SklearnDataset",
+    "SmoothL1Loss",
+    "StrictModel",
+    "SyntheticClassificationDataset",
+    "SyntheticClassificationParams",
+    "SyntheticRegressionDataset",
+    "SyntheticRegressionParams",
+    "Task",
+    "VisionDataset",
+    "VisionParams",
+    "dataset_info",
+    "error_details",
+    "file_arrays",
+    "host_problems",
+    "output_size",
+    "static_info",
+    "variant_names",
+]

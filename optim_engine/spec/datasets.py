@@ -1,0 +1,189 @@
+"""Dataset variants, and what the spec alone tells about a dataset's shape (``DatasetInfo``).
+
+Synthetic, scikit-learn and vision datasets have shapes known from the spec; a file dataset's
+shape is the file's, which only the host can read (``optim_engine.spec.host``).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field, field_validator
+
+from optim_engine.spec._base import NonNegative, StrictModel, Width
+from optim_engine.spec.errors import spec_error
+
+Task = Literal["classification", "regression"]
+Samples = Annotated[int, Field(ge=2, le=10_000_000)]
+
+
+class _DatasetBase(StrictModel):
+    val_fraction: Annotated[float, Field(ge=0.0, le=0.9)] = Field(
+        default=0.2, description="Share of the data held out for validation (0: no validation set)."
+    )
+    split_seed: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Seeds the train/validation split (and synthetic data); not the run seed."
+    )
+
+
+class SyntheticRegressionParams(StrictModel):
+    n_samples: Samples = 1024
+    n_features: Width = 10
+    n_targets: Annotated[int, Field(ge=1, le=1024)] = 1
+    noise: NonNegative = 0.1
+
+
+class SyntheticClassificationParams(StrictModel):
+    n_samples: Samples = 1024
+    n_features: Width = 20
+    n_classes: Annotated[int, Field(ge=2, le=1000)] = 2
+    class_sep: NonNegative = 1.0
+
+
+class SyntheticRegressionDataset(_DatasetBase):
+    """Gaussian inputs, a random linear target plus Gaussian noise (the seed article's problem)."""
+
+    name: Literal["synthetic_regression"]
+    params: SyntheticRegressionParams = Field(default_factory=SyntheticRegressionParams)
+
+
+class SyntheticClassificationDataset(_DatasetBase):
+    """Gaussian blobs around random class centres."""
+
+    name: Literal["synthetic_classification"]
+    params: SyntheticClassificationParams = Field(default_factory=SyntheticClassificationParams)
+
+
+class _TabularParams(StrictModel):
+    standardize: bool = Field(default=True, description="Scale features with the training split's mean and std.")
+
+
+class SklearnDataset(_DatasetBase):
+    """A dataset bundled with scikit-learn (no download)."""
+
+    name: Literal["digits", "iris", "wine", "breast_cancer", "diabetes"]
+    params: _TabularParams = Field(default_factory=_TabularParams)
+
+
+class FileParams(_TabularParams):
+    path: str = Field(description="Relative to the data root (OPTIMLAB_DATA_DIR).")
+    task: Task = "classification"
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_root(cls, path: str) -> str:
+        # What the text alone shows; links that lead out are the host's to find (resolve_data_path).
+        normal = posixpath.normpath(path)
+        if posixpath.isabs(normal) or normal == ".." or normal.startswith("../"):
+            raise spec_error(f"path {path!r} escapes the data root")
+        return path
+
+
+class NpzParams(FileParams):
+    x_key: str = "x"
+    y_key: str = "y"
+
+
+class CsvParams(FileParams):
+    target: str | int = Field(default=-1, description="Target column: a header name or an index (-1: last).")
+    delimiter: str = ","
+    header: bool = True
+
+
+class NpzDataset(_DatasetBase):
+    """Arrays from an .npz file under the data root."""
+
+    name: Literal["npz"]
+    params: NpzParams
+
+
+class CsvDataset(_DatasetBase):
+    """A numeric csv file under the data root."""
+
+    name: Literal["csv"]
+    params: CsvParams
+
+
+class VisionParams(StrictModel):
+    use_test_split: bool = Field(
+        default=True, description="Validate on the official test split (else val_fraction of the training split)."
+    )
+    limit: Annotated[int, Field(ge=2)] | None = Field(default=None, description="Use only the first N training images.")
+    standardize: bool = False
+
+
+class VisionDataset(_DatasetBase):
+    """MNIST, FashionMNIST or CIFAR-10 from the data root, in torchvision's file layout."""
+
+    name: Literal["mnist", "fashion_mnist", "cifar10"]
+    params: VisionParams = Field(default_factory=VisionParams)
+
+
+DatasetSpec = Annotated[
+    Union[  # noqa: UP007
+        SyntheticRegressionDataset,
+        SyntheticClassificationDataset,
+        SklearnDataset,
+        NpzDataset,
+        CsvDataset,
+        VisionDataset,
+    ],
+    Field(discriminator="name"),
+]
+
+FileDataset = NpzDataset | CsvDataset
+
+
+class DatasetInfo(BaseModel):
+    """What the other parts of a spec need to know about a dataset, without loading it as tensors."""
+
+    task: Task
+    n_features: int
+    n_outputs: int  # classes for classification, targets for regression
+    n_samples: int
+    image_shape: tuple[int, int, int] | None = None
+
+
+_SKLEARN_INFO = {
+    "digits": DatasetInfo(task="classification", n_features=64, n_outputs=10, n_samples=1797, image_shape=(1, 8, 8)),
+    "iris": DatasetInfo(task="classification", n_features=4, n_outputs=3, n_samples=150),
+    "wine": DatasetInfo(task="classification", n_features=13, n_outputs=3, n_samples=178),
+    "breast_cancer": DatasetInfo(task="classification", n_features=30, n_outputs=2, n_samples=569),
+    "diabetes": DatasetInfo(task="regression", n_features=10, n_outputs=1, n_samples=442),
+}
+_VISION_INFO = {
+    "mnist": DatasetInfo(
+        task="classification", n_features=784, n_outputs=10, n_samples=60_000, image_shape=(1, 28, 28)
+    ),
+    "fashion_mnist": DatasetInfo(
+        task="classification", n_features=784, n_outputs=10, n_samples=60_000, image_shape=(1, 28, 28)
+    ),
+    "cifar10": DatasetInfo(
+        task="classification", n_features=3072, n_outputs=10, n_samples=50_000, image_shape=(3, 32, 32)
+    ),
+}
+
+
+def static_info(dataset: Any) -> DatasetInfo | None:
+    """A dataset's task and shape as the spec alone states them; None for a file dataset."""
+    if isinstance(dataset, SyntheticRegressionDataset):
+        p = dataset.params
+        return DatasetInfo(task="regression", n_features=p.n_features, n_outputs=p.n_targets, n_samples=p.n_samples)
+    if isinstance(dataset, SyntheticClassificationDataset):
+        c = dataset.params
+        return DatasetInfo(task="classification", n_features=c.n_features, n_outputs=c.n_classes, n_samples=c.n_samples)
+    if isinstance(dataset, SklearnDataset):
+        return _SKLEARN_INFO[dataset.name]
+    if isinstance(dataset, VisionDataset):
+        info = _VISION_INFO[dataset.name]
+        if dataset.params.limit is not None:
+            info = info.model_copy(update={"n_samples": min(info.n_samples, dataset.params.limit)})
+        return info
+    return None
+
+
+def dataset_task(dataset: Any) -> Task:
+    """The task of a dataset, known from the spec for every kind (a file dataset declares it)."""
+    info = static_info(dataset)
+    return info.task if info is not None else dataset.params.task  # type: ignore[no-any-return]

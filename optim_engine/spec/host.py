@@ -1,0 +1,105 @@
+"""What this host can provide for a spec: its data files and the optional extras.
+
+The one place where whether a spec can train depends on the machine. ``host_problems`` is
+called by the API at submission and by the worker before training; the engine's builders read
+file datasets' shapes through ``dataset_info``. (A plugin that failed to load is not here: a
+spec naming it cannot even be parsed, so validation rejects it; see ``PLUGIN_ERRORS``.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+from optim_engine import _data_files
+from optim_engine.settings import get_settings
+from optim_engine.spec.datasets import CsvDataset, DatasetInfo, FileDataset, NpzDataset, VisionDataset, static_info
+from optim_engine.spec.errors import FieldProblem
+from optim_engine.spec.job import JobSpec, cross_field_problems
+from optim_engine.spec.optimizers import PYTORCH_OPTIMIZER_EXTRA
+
+
+def resolve_root(data_root: Path | str | None = None) -> Path:
+    """``data_root``, or the settings' data directory when it is None."""
+    return Path(data_root) if data_root is not None else Path(get_settings().data_dir)
+
+
+def file_arrays(dataset: FileDataset, root: Path) -> _data_files.ArrayData:
+    """Read a file dataset's arrays (cached by path, mtime and size; shared with the builder)."""
+    path = _data_files.resolve_data_path(dataset.params.path, root)
+    if isinstance(dataset, NpzDataset):
+        return _data_files.load_npz(path, dataset.params.x_key, dataset.params.y_key)
+    return _data_files.load_csv(path, dataset.params.target, dataset.params.delimiter, dataset.params.header)
+
+
+def _file_info(dataset: FileDataset, root: Path) -> DatasetInfo:
+    arrays = file_arrays(dataset, root)
+    x, y = arrays.x, arrays.y
+    if x.ndim < 2 or x.shape[0] < 2:
+        raise _data_files.DataFileError(f"features must have shape (n_samples >= 2, n_features), got {x.shape}")
+    if y.shape[0] != x.shape[0]:
+        raise _data_files.DataFileError(f"{x.shape[0]} feature rows but {y.shape[0]} targets")
+    if not (x.dtype.kind in "fiub" and y.dtype.kind in "fiub"):
+        raise _data_files.DataFileError("features and targets must be numeric")
+    n_features = int(math.prod(x.shape[1:]))
+    if dataset.params.task == "classification":
+        if y.ndim != 1 or (y.dtype.kind == "f" and not (y == y.round()).all()) or y.min() < 0:
+            message = "classification targets must be a 1-D array of class indices 0..K-1"
+            raise _data_files.DataFileError(message, param="task")
+        n_classes = max(int(y.max()) + 1, 2)
+        return DatasetInfo(task="classification", n_features=n_features, n_outputs=n_classes, n_samples=x.shape[0])
+    n_targets = 1 if y.ndim == 1 else int(math.prod(y.shape[1:]))
+    return DatasetInfo(task="regression", n_features=n_features, n_outputs=n_targets, n_samples=x.shape[0])
+
+
+def dataset_info(dataset: Any, root: Path | None = None) -> DatasetInfo:
+    """A dataset's task and shape; a file dataset's file is read (and cached) to find out.
+
+    Raises:
+        DataFileError: the file is missing, outside the data root, unreadable or malformed.
+    """
+    info = static_info(dataset)
+    return info if info is not None else _file_info(dataset, resolve_root(root))
+
+
+def extra_missing(extra: str | None) -> bool:
+    """Whether this host lacks the pip extra an optimizer variant needs (its ``extra``)."""
+    return extra == PYTORCH_OPTIMIZER_EXTRA and importlib.util.find_spec("pytorch_optimizer") is None
+
+
+def _dataset_problems(spec: JobSpec, root: Path) -> list[FieldProblem]:
+    dataset = spec.dataset
+    if isinstance(dataset, VisionDataset):
+        try:
+            _data_files.vision_paths(dataset.name, root)
+        except _data_files.DataFileError as exc:
+            # The builder downloads missing files when the host allows it and can.
+            can_download = get_settings().allow_download and importlib.util.find_spec("torchvision") is not None
+            return [] if can_download else [(("dataset",), str(exc))]
+        return []
+    if not isinstance(dataset, NpzDataset | CsvDataset):  # the spec states its shape
+        return []
+    try:
+        info = _file_info(dataset, root)
+    except _data_files.DataFileError as exc:
+        return [(("dataset", "params", exc.param), str(exc))]
+    return cross_field_problems(spec, info)
+
+
+def host_problems(spec: JobSpec, data_root: Path | None = None) -> list[FieldProblem]:
+    """Every problem this host has with ``spec``; empty when it can train it here.
+
+    Checks what validation cannot, because it depends on the machine: a file dataset's file
+    (inside the data root, readable, well formed) and the rules that need its shape (model in/out
+    features, loss vs classes, early stopping's validation set); vision files (unless they can
+    be downloaded); the optimizer's extra. ``data_root`` None means the settings' data directory.
+    """
+    problems: list[FieldProblem] = []
+    optimizer = spec.optimizer
+    if extra_missing(optimizer.extra):
+        message = f"{optimizer.name} needs the {optimizer.extra} package: pip install 'optimlab[{optimizer.extra}]'"
+        problems.append((("optimizer",), message))
+    problems += _dataset_problems(spec, resolve_root(data_root))
+    return problems
