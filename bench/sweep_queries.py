@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from _harness import api_client, migrated_database, percentile, service_env, start
 
-from service.db import jobs as job_ops
+from service.db import epochs, transitions
 from service.db.models import JobStatus
 from service.db.session import make_engine, make_session_factory
 from tests.servers import free_port
@@ -59,10 +59,9 @@ def populate(http: httpx.Client, database_url: str) -> int:
             lr, seed = job["spec"]["optimizer"]["lr"], job["spec"]["seed"]
             rows = [_epoch(epoch, lr, seed) for epoch in range(1, EPOCHS + 1)]
             with sessions() as session, session.begin():
-                claim = job_ops.claim(session, job["id"], worker="bench:1", stale_after_s=60)
-                assert claim is not None
-                job_ops.record_epochs(session, job["id"], claim.attempt, rows)
-                job_ops.finish(session, job["id"], claim.attempt, JobStatus.succeeded)
+                (claim,) = transitions.claim(session, [job["id"]], worker="bench:1", stale_after_s=60)
+                epochs.record(session, {job["id"]: rows})
+                transitions.finish(session, job["id"], claim.attempt, JobStatus.succeeded)
     return measured
 
 

@@ -66,7 +66,7 @@ def api(
     """Serve the REST API (the database must be migrated: `optimlab db upgrade`)."""
     import uvicorn
 
-    from service.api import create_app
+    from service.app import create_app
 
     _logging(log_level)
     uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
@@ -135,7 +135,7 @@ def up(
     """
     import uvicorn
 
-    from service.api import create_app
+    from service.app import create_app
     from service.db.migrate import upgrade
 
     _logging(log_level)

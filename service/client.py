@@ -163,12 +163,13 @@ class Client:
         return dict(self._json("POST", f"/v1/jobs/{_id(job)}/cancel"))
 
     def metrics(self, job: int | Mapping[str, Any]) -> pd.DataFrame:
-        """One row per epoch: epoch, train_loss, val_loss, val_accuracy, lr, grad_norm, ..."""
+        """One row per epoch: epoch and every metric (train_loss, val_loss, val_accuracy, lr, ...)."""
         import pandas as pd
 
         rows = self._json("GET", f"/v1/jobs/{_id(job)}/metrics")["rows"]
-        frame = pd.DataFrame(rows)
-        return frame if not frame.empty else pd.DataFrame(columns=["epoch"])
+        from optim_engine.results import METRIC_NAMES
+
+        return pd.DataFrame(rows, columns=["epoch", *METRIC_NAMES])
 
     def catalog(self) -> dict[str, Any]:
         return dict(self._json("GET", "/v1/catalog"))

@@ -1,15 +1,19 @@
-"""Domain errors, each with the HTTP status the API maps it to in one handler."""
+"""Domain errors, each with the HTTP status the API maps it to in one handler (``service.app``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class OptimlabError(Exception):
-    """Base of the service's domain errors; ``code`` and ``status_code`` drive the HTTP response."""
+    """Base of the service's domain errors; ``code`` and ``status_code`` drive the HTTP response,
+    rendered as ``{"error": code, "detail": detail}``."""
 
     code = "error"
     status_code = 400
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: Any) -> None:
         super().__init__(detail)
         self.detail = detail
 
@@ -52,6 +56,19 @@ class InvalidRequest(OptimlabError):
     status_code = 422
 
 
-class ServiceUnavailable(OptimlabError):
-    code = "unavailable"
-    status_code = 503
+class InvalidFields(InvalidRequest):
+    """A request whose fields this server rejects (a resource cap, something the host lacks, an
+    invalid sweep combination): ``detail`` lists each as ``field_error`` builds it, like a
+    payload validation error."""
+
+    def __init__(self, errors: Sequence[dict[str, Any]]) -> None:
+        super().__init__(list(errors))
+
+
+def field_error(loc: Sequence[str], msg: str, type_: str, *, field: str | None = None, **extra: Any) -> dict[str, Any]:
+    """One entry of a 422's ``detail``: ``loc`` (from "body"), ``field`` (by default the dotted
+    location without "body"), any ``extra`` keys, ``msg`` and ``type``."""
+    loc = [str(part) for part in loc]
+    if field is None:
+        field = ".".join(part for part in loc if part != "body")
+    return {"loc": loc, "field": field, **extra, "msg": msg, "type": type_}

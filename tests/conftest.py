@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,14 @@ def seed_spec(optimizer: dict[str, Any], scheduler: Any = None, **overrides: Any
         spec["scheduler"] = scheduler
     spec.update(overrides)
     return spec
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``check`` until it holds (work a background thread does); fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not true after {timeout} s"
+        time.sleep(0.02)
 
 
 def digits_spec(optimizer: dict[str, Any], **overrides: Any) -> dict[str, Any]:
@@ -119,7 +128,8 @@ def sessions(database_url: str) -> Iterator[Any]:
 
 
 def service_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Any:
-    """Settings for a test service: its own home (embedded broker, checkpoints), no reaper thread."""
+    """Settings for a test service: its own home (embedded broker, checkpoints); its dispatcher
+    sends new jobs but never requeues lost ones (no recovery passes)."""
     from service.settings import Settings
 
     values: dict[str, Any] = {

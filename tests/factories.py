@@ -1,5 +1,6 @@
-"""Factories for service test objects: specs to post, and jobs moved through their states the
-way a worker moves them (through the same job operations), so no test hand-builds rows."""
+"""Factories for service test objects: specs to post, and jobs moved through their states the way
+a worker moves them (through the same operations as ``workers.writer``), so no test hand-builds
+rows."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import jobs as job_ops
-from service.db.models import JobStatus
+from service.db import epochs, transitions
+from service.db.models import Job, JobStatus
+from service.db.session import utcnow
 from tests.conftest import seed_spec
 
 
@@ -41,11 +43,39 @@ def advance(
 ) -> None:
     """Claim a job, record one epoch per loss, then finish it with ``status`` (or leave it running)."""
     with sessions() as session, session.begin():
-        claim = job_ops.claim(session, job_id, worker=worker, stale_after_s=60)
-        assert claim is not None, f"job {job_id} is not claimable"
+        claims = transitions.claim(session, [job_id], worker=worker, stale_after_s=60)
+    assert claims, f"job {job_id} is not claimable"
+    claim = claims[0]
     for epoch, loss in enumerate(losses, start=1):
         with sessions() as session, session.begin():
-            assert job_ops.record_epochs(session, job_id, claim.attempt, [epoch_row(epoch, loss)]).owned
+            assert transitions.heartbeat(session, {job_id: claim.attempt})[job_id].owned
+            epochs.record(session, {job_id: [epoch_row(epoch, loss)]})
+            epochs.refresh_summary(session, [job_id])
     if status is not None:
         with sessions() as session, session.begin():
-            assert job_ops.finish(session, job_id, claim.attempt, status)
+            assert transitions.finish(session, job_id, claim.attempt, status)
+
+
+def insert_job(
+    session: Session, spec: dict[str, Any], *, pack_id: str | None = None, sweep_id: int | None = None
+) -> int:
+    """A queued job of ``spec`` (validated and stored with every default), unsent; returns its id."""
+    from service.spec_codec import load_spec, stored_spec
+
+    parsed = load_spec(spec)
+    job = Job(
+        spec=stored_spec(parsed),
+        spec_hash=parsed.spec_hash(),
+        optimizer=parsed.optimizer.name,
+        queue="cpu",
+        status=JobStatus.queued,
+        attempt=0,
+        cancel_requested=False,
+        created_at=utcnow(),
+        epochs_done=0,
+        pack_id=pack_id,
+        sweep_id=sweep_id,
+    )
+    session.add(job)
+    session.flush()
+    return job.id

@@ -1,4 +1,5 @@
-"""The database layer shared by the API and the workers: models, engines and job operations.
+"""The database layer shared by the API and the workers: models, engines, state transitions,
+epoch rows and the outbox.
 
 No FastAPI here, so workers import it without the web layer.
 """

@@ -15,9 +15,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api import create_app
+from service import broker
+from service.app import create_app
+from service.db import transitions
 from service.db.models import EpochMetric, Job, JobStatus
-from tests.conftest import digits_spec, seed_spec, service_settings
+from tests.conftest import digits_spec, eventually, seed_spec, service_settings
 from tests.factories import advance, job_body
 from tests.servers import free_port
 
@@ -40,7 +42,7 @@ def queued_messages(tmp_path: Path) -> list[Path]:
 # --- create ------------------------------------------------------------------------------------
 
 
-def test_post_job_creates_a_queued_job_and_enqueues_it(client: TestClient, tmp_path: Path) -> None:
+def test_post_job_creates_a_queued_job_and_the_dispatcher_sends_it(client: TestClient, tmp_path: Path) -> None:
     response = client.post("/v1/jobs", json=job_body(tags=["seed", "sgd"], name="seed sgd"))
     assert response.status_code == 201, response.text
     job = response.json()
@@ -50,6 +52,7 @@ def test_post_job_creates_a_queued_job_and_enqueues_it(client: TestClient, tmp_p
     assert job["tags"] == ["seed", "sgd"]
     assert job["spec"]["optimizer"]["lr"] == 0.01
     assert job["summary"]["epochs_total"] == 3
+    eventually(lambda: client.get(f"/v1/jobs/{job['id']}").json()["enqueued_at"] is not None)
     assert len(queued_messages(tmp_path)) == 1
     assert client.get(f"/v1/jobs/{job['id']}").json()["spec_hash"] == job["spec_hash"]
 
@@ -116,6 +119,28 @@ def test_resource_caps_are_server_settings(tmp_path: Path, database_url: str) ->
         assert wide.status_code == 422
         assert wide.json()["detail"][0]["field"] == "spec.model.params"
         assert capped.post("/v1/jobs", json=job_body(seed_spec({"name": "sgd"}, epochs=5))).status_code == 201
+
+
+def test_what_the_host_lacks_is_a_422_like_a_cap(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import admission
+
+    def lacking(spec: Any, data_root: Any = None) -> list[tuple[tuple[str, ...], str]]:
+        return [(("dataset", "params", "path"), "no such file under the data directory")]
+
+    monkeypatch.setattr(admission, "host_problems", lacking)
+    response = client.post("/v1/jobs", json=job_body())
+    assert response.status_code == 422
+    assert response.json() == {
+        "error": "invalid_request",
+        "detail": [
+            {
+                "loc": ["body", "spec", "dataset", "params", "path"],
+                "field": "spec.dataset.params.path",
+                "msg": "no such file under the data directory",
+                "type": "unavailable_on_host",
+            }
+        ],
+    }
 
 
 def test_idempotent_retry_returns_the_first_job(client: TestClient, sessions: sessionmaker[Session]) -> None:
@@ -219,6 +244,38 @@ def test_cursor_pages_cover_every_job_once_in_order(
     assert present == sorted(present, reverse=sort.startswith("-"))
 
 
+def test_the_summary_and_epoch_rows_keep_their_fields_and_order(client: TestClient) -> None:
+    """Derived from the metric definitions, the JSON is what it was when they were written out."""
+    job = client.post("/v1/jobs", json=job_body()).json()
+    assert list(job["summary"]) == [
+        "epochs_done",
+        "epochs_total",
+        "final_train_loss",
+        "final_val_loss",
+        "final_val_accuracy",
+        "best_loss",
+        "best_epoch",
+        "best_train_loss",
+        "best_val_loss",
+        "best_val_accuracy",
+        "wall_seconds",
+        "diverged_epoch",
+        "resumed_from_epoch",
+    ]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert list(schema["EpochRow"]["properties"]) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_accuracy",
+        "lr",
+        "grad_norm",
+        "epoch_seconds",
+        "samples_per_second",
+    ]
+    assert list(schema["JobSummary"]["properties"]) == list(job["summary"])
+
+
 # --- cancel ----------------------------------------------------------------------------------------
 
 
@@ -292,32 +349,61 @@ def test_database_down_is_503(tmp_path: Path) -> None:
         assert ready.json()["detail"]["database"].startswith("unreachable")
 
 
-def test_broker_down_is_503_and_creates_nothing(
+def test_a_broker_outage_delays_jobs_and_loses_none(
     tmp_path: Path, database_url: str, sessions: sessionmaker[Session]
 ) -> None:
+    """Jobs are committed unsent (the outbox); the dispatcher sends them when the broker is back,
+    so a broker outage no longer fails a POST."""
     settings = service_settings(tmp_path, database_url, broker_url=f"redis://127.0.0.1:{free_port()}/0")
     with TestClient(create_app(settings)) as down:
         response = down.post("/v1/jobs", json=job_body())
-        assert response.status_code == 503
-        assert response.json()["error"] == "unavailable"
+        assert response.status_code == 201, response.text
+        job = response.json()
+        sweep = down.post("/v1/sweeps", json={"base": seed_spec({"name": "sgd"}), "seeds": [0, 1]})
+        assert sweep.status_code == 201, sweep.text
+        assert down.app.state.dispatcher.send() == []
+        stored = down.get(f"/v1/jobs/{job['id']}").json()
+        assert (stored["status"], stored["enqueued_at"]) == ("queued", None)
         ready = down.get("/readyz")
         assert ready.status_code == 503
         assert ready.json()["detail"] == {"database": "ok", "broker": "unreachable"}
-    assert job_count(sessions) == 0
+    with sessions() as session:
+        unsent = session.scalars(select(Job.id).where(Job.status == "queued", Job.enqueued_at.is_(None))).all()
+    assert job["id"] in unsent
+    assert len(unsent) == job_count(sessions) == 3
 
 
-def test_no_epoch_row_is_written_for_a_job_the_attempt_does_not_own(sessions: sessionmaker[Session]) -> None:
-    from service.db import jobs as job_ops
-    from tests.factories import epoch_row
+def test_jobs_committed_while_the_broker_is_down_are_sent_once_it_is_back(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker_up = False
+    send = broker.send
 
-    with sessions() as session, session.begin():
-        job, _ = job_ops.create_job(
-            session, spec=seed_spec({"name": "sgd"}), spec_hash="h", optimizer="sgd", queue="cpu"
-        )
-        job_id = job.id
+    def flaky_send(*args: Any) -> None:
+        if not broker_up:
+            raise ConnectionError("broker down")
+        send(*args)
+
+    monkeypatch.setattr(broker, "send", flaky_send)
+    job_id = client.post("/v1/jobs", json=job_body()).json()["id"]
+    dispatcher = client.app.state.dispatcher
+    assert dispatcher.send() == []
+    assert queued_messages(tmp_path) == []
+    broker_up = True
+    dispatcher.wake()
+    eventually(lambda: client.get(f"/v1/jobs/{job_id}").json()["enqueued_at"] is not None)
+    assert dispatcher.send() == []  # nothing left to send: it went once
+    assert len(queued_messages(tmp_path)) == 1
+
+
+def test_an_attempt_that_does_not_own_the_job_is_told_so(client: TestClient, sessions: sessionmaker[Session]) -> None:
+    """The writer heartbeats before it writes rows, and writes none for a job it does not own
+    (its end-to-end test: tests/workers/test_run.py)."""
+    job_id = client.post("/v1/jobs", json=job_body()).json()["id"]
     advance(sessions, job_id, losses=[1.0])
     with sessions() as session, session.begin():
-        assert not job_ops.record_epochs(session, job_id, 7, [epoch_row(2, 0.5)]).owned
+        assert not transitions.heartbeat(session, {job_id: 7})[job_id].owned
+        assert transitions.heartbeat(session, {job_id: 1})[job_id].owned
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(EpochMetric)) == 1
 
@@ -326,7 +412,7 @@ def test_the_api_process_never_imports_torch() -> None:
     code = (
         "import sys\n"
         "from fastapi.testclient import TestClient\n"
-        "from service.api import create_app\n"
+        "from service.app import create_app\n"
         "from service.settings import Settings\n"
         "import tempfile, pathlib\n"
         "home = pathlib.Path(tempfile.mkdtemp())\n"

@@ -58,6 +58,19 @@ def test_api_key_is_sent_as_a_bearer_token() -> None:
         assert client.catalog() == {"auth": "Bearer k1"}
 
 
+def test_a_jobs_metrics_frame_has_a_column_per_metric_even_before_its_first_epoch() -> None:
+    from optim_engine.results import METRIC_NAMES
+
+    rows: list[dict[str, float]] = []
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"rows": rows}))
+    with Client("http://test", transport=transport) as client:
+        assert list(client.metrics(1).columns) == ["epoch", *METRIC_NAMES]
+        rows.append({"epoch": 1, "train_loss": 0.5} | {name: None for name in METRIC_NAMES[1:]})
+        frame = client.metrics(1)
+    assert list(frame.columns) == ["epoch", *METRIC_NAMES]
+    assert frame["train_loss"].tolist() == [0.5]
+
+
 def test_configuration_labels() -> None:
     config = {"optimizer": {"name": "sgd", "lr": 0.01, "params": {"momentum": 0.9}}, "scheduler": None}
     assert label(flatten(config)) == "sgd lr=0.01 momentum=0.9 | scheduler=none"

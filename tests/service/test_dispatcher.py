@@ -19,8 +19,7 @@ from service.db.models import TERMINAL, Job, JobStatus
 from service.dispatcher import Dispatcher
 from service.settings import Settings
 from tests.conftest import seed_spec, service_settings
-from tests.factories import epoch_row
-from tests.workers.conftest import insert_job
+from tests.factories import epoch_row, insert_job
 
 OLD = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 

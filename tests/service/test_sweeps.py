@@ -18,10 +18,11 @@ from scipy import stats
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.api import create_app
+from service.app import create_app
 from service.db.models import EpochMetric, Job, JobStatus, Sweep
-from service.sweeps import SweepCreate, SweepInvalid, apply, configurations, count, expand, plan_packs
-from tests.conftest import seed_spec, service_settings
+from service.sweeps.expansion import SweepInvalid, apply, configurations, count, expand, plan_packs
+from service.sweeps.schemas import SweepCreate
+from tests.conftest import eventually, seed_spec, service_settings
 from tests.factories import advance
 
 BASE = seed_spec({"name": "sgd", "lr": 0.01}, epochs=3)
@@ -150,7 +151,7 @@ def test_a_4x5_grid_over_3_seeds_creates_60_jobs_at_once(
     assert created["execution"] == execution
     assert counts(sessions) == (1, 60)
     # auto: one task per pack; the cap of 32 splits the 60 into two packs of 30.
-    assert len(list((tmp_path / "home" / "broker" / "queue").glob("*.msg"))) == messages
+    eventually(lambda: len(list((tmp_path / "home" / "broker" / "queue").glob("*.msg"))) == messages)
     jobs = client.get("/v1/jobs", params={"sweep_id": created["id"], "limit": 500}).json()["items"]
     assert {job["spec"]["seed"] for job in jobs} == {0, 1, 2}
     assert len({tuple(sorted(job["config"].items())) for job in jobs}) == 20
@@ -214,6 +215,25 @@ def test_the_sweep_cap_and_resource_caps(client: TestClient, sessions: sessionma
     too_long = client.post("/v1/sweeps", json={"base": BASE, "grid": {"epochs": [5, 20_000]}})
     assert too_long.status_code == 422
     assert too_long.json()["detail"][0]["combination"] == {"epochs": 20_000, "seed": 0}
+    assert counts(sessions) == (0, 0)
+
+
+def test_what_the_host_lacks_rejects_the_sweep_naming_the_combination(
+    client: TestClient, sessions: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import admission
+
+    def lacking(spec: Any, data_root: Any = None) -> list[tuple[tuple[str, ...], str]]:
+        return [(("optimizer", "name"), "needs the 'extras' extra")] if spec.optimizer.lr == 0.1 else []
+
+    monkeypatch.setattr(admission, "host_problems", lacking)
+    response = client.post("/v1/sweeps", json={"base": BASE, "grid": {"optimizer.lr": [0.1, 0.01]}})
+    assert response.status_code == 422
+    (detail,) = response.json()["detail"]
+    assert detail["combination"] == {"optimizer.lr": 0.1, "seed": 0}
+    assert detail["field"] == "spec.optimizer.name"
+    assert detail["type"] == "invalid_combination"
+    assert "needs the 'extras' extra" in detail["msg"]
     assert counts(sessions) == (0, 0)
 
 

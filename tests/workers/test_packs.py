@@ -17,7 +17,7 @@ from service.db import transitions
 from service.db.models import EpochMetric, Job
 from service.settings import Settings
 from tests.conftest import digits_spec, service_settings
-from tests.workers.conftest import insert_job
+from tests.factories import insert_job
 from workers.run import execute
 
 PACK = "f" * 32

@@ -1,95 +1,96 @@
-"""Sweep operations: atomic creation of a sweep's jobs, status counts, cancellation, and the
-leaderboard and bulk curves computed in SQL."""
+"""SQL for /v1/sweeps: atomic creation of a sweep's jobs, reads and status counts, and the
+leaderboard and bulk curves computed in the database."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import case, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from optim_engine.spec import variant_names
-from service.db.jobs import Delivery
-from service.db.models import METRIC_COLUMNS, Job, JobStatus, JobTag, Sweep
+from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
+from service.db.models import Job, JobStatus, JobTag, Sweep
 from service.db.session import utcnow
 from service.errors import IdempotencyConflict, InvalidRequest, SweepNotFound
-from service.spec_codec import encode, stored_spec
-from service.sweeps import SweepCreate, Trial
+
+
+@dataclass(frozen=True)
+class NewSweep:
+    """A sweep to insert: its definition, as stored."""
+
+    name: str | None
+    template: dict[str, Any]
+    search: dict[str, Any]
+    execution: str
+    tags: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One of a new sweep's jobs, as stored (spec and config JSON-safe)."""
+
+    spec: dict[str, Any]
+    spec_hash: str
+    optimizer: str
+    queue: str
+    config: dict[str, Any]
+    config_hash: str
+    pack_id: str | None = None
 
 
 def create_sweep(
-    session: Session,
-    request: SweepCreate,
-    trials: Sequence[Trial],
-    *,
-    queue_for: Callable[[str], str],
-    packs: Sequence[str | None] | None = None,
-    idempotency_key: str | None = None,
-) -> tuple[Sweep, list[Delivery]]:
-    """Insert the sweep and all its jobs in the session's transaction.
-
-    ``packs`` gives each trial's pack id (see ``service.sweeps.plan_packs``; None: separate).
-    Returns the sweep and its new jobs' deliveries; none when the idempotency key names an
-    existing sweep for the same request.
-    """
-    if idempotency_key is not None:
-        existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == idempotency_key)).one_or_none()
-        if existing is not None:
-            if (
-                existing.template != encode(request.base)
-                or existing.search != request.search_definition()
-                or existing.execution != request.execution
-            ):
-                raise IdempotencyConflict(f"Idempotency-Key {idempotency_key!r} was used for sweep {existing.id}")
-            return existing, []
+    session: Session, sweep: NewSweep, jobs: Sequence[NewJob], *, idempotency_key: str | None = None
+) -> tuple[Sweep, bool]:
+    """Insert the sweep and all its jobs (queued, not yet sent) in the session's transaction;
+    returns ``(sweep, created)``. Not created: the idempotency key names an existing sweep with
+    the same definition (a different one is an ``IdempotencyConflict``)."""
+    existing = _by_idempotency_key(session, idempotency_key, sweep)
+    if existing is not None:
+        return existing, False
     now = utcnow()
-    sweep = Sweep(
-        name=request.name,
-        template=encode(request.base),
-        search=request.search_definition(),
+    row = Sweep(
+        name=sweep.name,
+        template=sweep.template,
+        search=sweep.search,
         created_at=now,
-        n_jobs=len(trials),
+        n_jobs=len(jobs),
         idempotency_key=idempotency_key,
-        execution=request.execution,
+        execution=sweep.execution,
     )
     try:
         with session.begin_nested():
-            session.add(sweep)
+            session.add(row)
             session.flush()
     except IntegrityError:  # a concurrent POST with the same key won
-        return create_sweep(session, request, trials, queue_for=queue_for, packs=packs, idempotency_key=idempotency_key)
-    rows = [
-        {
-            "sweep_id": sweep.id,
-            "config": encode(trial.config),
-            "config_hash": trial.config_hash,
-            "name": request.name,
-            "spec": stored_spec(trial.spec),
-            "spec_hash": trial.spec.spec_hash(),
-            "optimizer": variant_names(type(trial.spec.optimizer))[0],
-            "queue": queue_for(trial.spec.device),
-            "status": JobStatus.queued,
-            "attempt": 0,
-            "cancel_requested": False,
-            "created_at": now,
-            "enqueued_at": now,
-            "epochs_done": 0,
-            "pack_id": pack_id,
-        }
-        for trial, pack_id in zip(trials, packs if packs is not None else [None] * len(trials), strict=True)
-    ]
+        return create_sweep(session, sweep, jobs, idempotency_key=idempotency_key)
+    fixed = {"sweep_id": row.id, "name": sweep.name, "created_at": now, "enqueued_at": None}
+    fixed |= {"status": JobStatus.queued, "attempt": 0, "cancel_requested": False, "epochs_done": 0}
     # One batched INSERT ... RETURNING, not a flush per job.
-    created = session.execute(insert(Job).returning(Job.id, Job.queue, Job.pack_id, sort_by_parameter_order=True), rows)
-    jobs: list[Delivery] = [(job_id, queue, pack_id) for job_id, queue, pack_id in created]
-    if request.tags:
-        tags = dict.fromkeys(request.tags)
-        session.execute(insert(JobTag), [{"job_id": job[0], "tag": tag} for job in jobs for tag in tags])
-    return sweep, jobs
+    ids = session.scalars(
+        insert(Job).returning(Job.id, sort_by_parameter_order=True), [fixed | asdict(job) for job in jobs]
+    ).all()
+    if sweep.tags:
+        tags = dict.fromkeys(sweep.tags)
+        session.execute(insert(JobTag), [{"job_id": job_id, "tag": tag} for job_id in ids for tag in tags])
+    return row, True
+
+
+def _by_idempotency_key(session: Session, key: str | None, sweep: NewSweep) -> Sweep | None:
+    if key is None:
+        return None
+    existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).one_or_none()
+    if existing is not None and (existing.template, existing.search, existing.execution) != (
+        sweep.template,
+        sweep.search,
+        sweep.execution,
+    ):
+        raise IdempotencyConflict(f"Idempotency-Key {key!r} was used for sweep {existing.id}")
+    return existing
 
 
 def get_sweep(session: Session, sweep_id: int) -> Sweep:
@@ -120,44 +121,31 @@ def status_counts(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[
     }
 
 
-def cancel_sweep(session: Session, sweep_id: int) -> Sweep:
-    """Cancel the sweep's queued jobs outright and flag its running ones; finished jobs stay."""
-    sweep = get_sweep(session, sweep_id)
-    session.execute(
-        update(Job)
-        .where(Job.sweep_id == sweep_id, Job.status == JobStatus.queued)
-        .values(status=JobStatus.cancelled, cancel_requested=True, finished_at=utcnow())
-    )
-    session.execute(
-        update(Job).where(Job.sweep_id == sweep_id, Job.status == JobStatus.running).values(cancel_requested=True)
-    )
-    return sweep
-
-
 # --- the leaderboard ---------------------------------------------------------------------------
 
-METRICS = {"train_loss": "min", "val_loss": "min", "val_accuracy": "max"}
+BETTER: Mapping[str, str] = {m.name: m.best for m in SUMMARY_METRICS if m.best is not None}
+"""Each summary metric's better direction (min or max): the leaderboard's metrics."""
 
 
 @dataclass(frozen=True)
 class LeaderboardQuery:
     metric: str = "val_loss"
-    mode: str | None = None  # default: min for losses, max for accuracy
+    mode: str | None = None  # default: the metric's better direction
     which: str = "best"  # best epoch's value or final epoch's
 
     def resolved_mode(self) -> str:
-        return self.mode or METRICS[self.metric]
+        return self.mode or BETTER[self.metric]
 
 
 def leaderboard(session: Session, sweep_id: int, query: LeaderboardQuery) -> list[dict[str, Any]]:
     """One row per configuration (jobs that differ only in seed), ranked by the mean.
 
     The statistics over succeeded jobs come from one GROUP BY over the jobs' summary columns
-    (best_* / final_*, kept current by the workers), never from loading epoch rows. The caller
-    has checked that the sweep exists.
+    (best_* / final_*), never from loading epoch rows. The caller has checked that the sweep
+    exists.
     """
-    if query.metric not in METRICS:
-        raise InvalidRequest(f"metric: use one of {sorted(METRICS)}")
+    if query.metric not in BETTER or query.which not in ("best", "final"):
+        raise InvalidRequest(f"metric: use one of {sorted(BETTER)}, which: best or final")
     column = getattr(Job, f"{query.which}_{query.metric}")
     value = case((Job.status == JobStatus.succeeded, column))
     status = Job.status
@@ -231,14 +219,13 @@ def sweep_metrics(session: Session, sweep_id: int, columns: Sequence[str]) -> tu
     Read through the driver's cursor: for 50,000 rows SQLAlchemy's result processing costs
     three times the query itself, and these columns need no conversion.
     """
-    get_sweep(session, sweep_id)
-    bad = [c for c in columns if c not in METRIC_COLUMNS]
+    bad = [c for c in columns if c not in METRIC_NAMES]
     if bad:
-        raise InvalidRequest(f"columns: unknown {bad}; use {list(METRIC_COLUMNS)}")
+        raise InvalidRequest(f"columns: unknown {bad}; use {list(METRIC_NAMES)}")
     names = ["job_id", "epoch", *columns]
     connection = session.connection()
     mark = "?" if connection.dialect.name == "sqlite" else "%s"
-    # Column names come from the METRIC_COLUMNS allow-list above; the sweep id is a parameter.
+    # Column names come from the METRIC_NAMES allow-list above; the sweep id is a parameter.
     # IN (subquery) walks epoch_metrics' primary key in order: no sort step.
     sql = (
         f"SELECT {', '.join(names)} FROM epoch_metrics "  # noqa: S608

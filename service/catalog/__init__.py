@@ -1,0 +1,1 @@
+"""The catalog of what a spec may name."""

@@ -1,0 +1,1 @@
+"""Jobs: one training run each (``router``, ``service``, ``repository``, ``schemas``)."""

@@ -1,0 +1,194 @@
+"""SQL for /v1/jobs: create (with an idempotency key), get, keyset-paginated lists, progress and
+epoch rows. Status changes are not here: they are ``service.db.transitions``."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
+from service.db.epochs import EPOCHS
+from service.db.models import Job, JobStatus, JobTag
+from service.db.session import utcnow
+from service.errors import IdempotencyConflict, InvalidRequest, JobNotFound
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: Mapping[str, Any],
+    spec_hash: str,
+    optimizer: str,
+    queue: str,
+    tags: Sequence[str] = (),
+    name: str | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Insert a queued, not yet sent job (``enqueued_at`` NULL: the dispatcher sends it) and flush
+    it; returns ``(job, created)``.
+
+    With an idempotency key already used for the same spec, the existing job is returned with
+    ``created=False``; used for a different spec, it is an ``IdempotencyConflict``.
+    """
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, idempotency_key, spec_hash)
+        if existing is not None:
+            return existing, False
+    job = Job(
+        name=name,
+        spec=dict(spec),
+        spec_hash=spec_hash,
+        optimizer=optimizer,
+        queue=queue,
+        status=JobStatus.queued,
+        attempt=0,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        created_at=utcnow(),
+        enqueued_at=None,
+        epochs_done=0,
+        tags=[JobTag(tag=tag) for tag in dict.fromkeys(tags)],
+    )
+    if idempotency_key is None:
+        session.add(job)
+        session.flush()
+        return job, True
+    try:
+        with session.begin_nested():  # a concurrent POST with the same key loses the race here
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        existing = _by_idempotency_key(session, idempotency_key, spec_hash)
+        if existing is None:
+            raise
+        return existing, False
+    return job, True
+
+
+def _by_idempotency_key(session: Session, key: str, spec_hash: str) -> Job | None:
+    job = session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+    if job is not None and job.spec_hash != spec_hash:
+        raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for job {job.id} with a different spec")
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+# --- listing ---------------------------------------------------------------------------------
+
+SORTABLE: dict[str, Any] = {
+    "created_at": Job.created_at,
+    "best_loss": Job.best_loss,
+    **{f"{kind}_{m.name}": getattr(Job, f"{kind}_{m.name}") for kind in ("final", "best") for m in SUMMARY_METRICS},
+    "wall_seconds": Job.wall_seconds,
+    "epochs_done": Job.epochs_done,
+}
+"""The sort keys of a job list: its time, its summary columns and its progress."""
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    statuses: Sequence[str] = ()
+    sweep_id: int | None = None
+    optimizer: str | None = None
+    tag: str | None = None
+
+
+def list_jobs(
+    session: Session, flt: JobFilter, *, sort: str = "-created_at", limit: int = 50, cursor: str | None = None
+) -> tuple[list[Job], str | None]:
+    """One page of jobs and the cursor of the next page (None on the last page).
+
+    Keyset pagination on (sort column, id): stable while jobs are added, with NULL summary
+    values (jobs without epochs yet) last in either direction.
+    """
+    descending = sort.startswith("-")
+    key = sort.lstrip("-+")
+    if key not in SORTABLE:
+        raise InvalidRequest(f"sort: unknown key {key!r}; use one of {sorted(SORTABLE)}, '-' prefix for descending")
+    column = SORTABLE[key]
+    query = select(Job)
+    if flt.statuses:
+        query = query.where(Job.status.in_(list(flt.statuses)))
+    if flt.sweep_id is not None:
+        query = query.where(Job.sweep_id == flt.sweep_id)
+    if flt.optimizer is not None:
+        query = query.where(Job.optimizer == flt.optimizer)
+    if flt.tag is not None:
+        query = query.where(exists().where(JobTag.job_id == Job.id, JobTag.tag == flt.tag))
+    if cursor is not None:
+        query = query.where(_after(column, descending, *_decode_cursor(cursor, key)))
+    order: list[Any] = [
+        column.is_(None),
+        column.desc() if descending else column.asc(),
+        Job.id.desc() if descending else Job.id,
+    ]
+    jobs = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    if len(jobs) <= limit:
+        return jobs, None
+    jobs = jobs[:limit]
+    last = jobs[-1]
+    return jobs, _encode_cursor(key, getattr(last, key), last.id)
+
+
+def _after(column: Any, descending: bool, value: Any, last_id: int) -> ColumnElement[bool]:
+    if value is None:  # already among the NULLs, which come last
+        return and_(column.is_(None), Job.id < last_id if descending else Job.id > last_id)
+    beyond = column < value if descending else column > value
+    tie = and_(column == value, Job.id < last_id if descending else Job.id > last_id)
+    return or_(beyond, tie, column.is_(None))
+
+
+def _encode_cursor(key: str, value: Any, last_id: int) -> str:
+    if isinstance(value, dt.datetime):
+        value = value.isoformat()
+    raw = json.dumps({"k": key, "v": value, "id": last_id}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, key: str) -> tuple[Any, int]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value, last_id = data["v"], int(data["id"])
+        if data["k"] != key:
+            raise ValueError("sort changed")
+        if key == "created_at":
+            value = dt.datetime.fromisoformat(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidRequest(f"cursor: not a cursor from a page sorted by {key!r}") from exc
+    return value, last_id
+
+
+# --- metrics ---------------------------------------------------------------------------------
+
+
+def progress(session: Session, job_id: int) -> tuple[str, int]:
+    """(status, epochs_done) of a job, without loading it: the live-polling path."""
+    row = session.execute(select(Job.status, Job.epochs_done).where(Job.id == job_id)).first()
+    if row is None:
+        raise JobNotFound(job_id)
+    return row.status, row.epochs_done
+
+
+def epoch_rows(session: Session, job_id: int, since_epoch: int = 0) -> list[dict[str, Any]]:
+    """A job's epochs after ``since_epoch`` as plain dicts (epoch and the metric columns)."""
+    rows = EPOCHS.c
+    query = (
+        select(rows.epoch, *(rows[name] for name in METRIC_NAMES))
+        .where(rows.job_id == job_id, rows.epoch > since_epoch)
+        .order_by(rows.epoch)
+    )
+    return [dict(row._mapping) for row in session.execute(query)]

@@ -1,0 +1,130 @@
+"""Request and response bodies of /v1/jobs. The summary and epoch-row fields are derived from the
+engine's metric definitions (``optim_engine.results``), so a new metric needs no edit here."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from optim_engine.results import METRICS, SUMMARY_METRICS
+from optim_engine.spec import JobSpec
+from service.db.models import Job
+from service.spec_codec import decode
+
+Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=-]+$")]
+
+FINAL_COLUMNS = tuple(f"final_{m.name}" for m in SUMMARY_METRICS)
+BEST_COLUMNS = tuple(f"best_{m.name}" for m in SUMMARY_METRICS)
+"""Each summary metric's job columns: its last epoch's value, and its best over the epochs."""
+
+
+class JobCreate(BaseModel):
+    """A job to run: the spec, plus optional tags and a display name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: JobSpec = Field(description='Non-finite floats may be written "Infinity", "-Infinity", "NaN".')
+    tags: Annotated[list[Tag], Field(max_length=32)] = Field(default_factory=list)
+    name: Annotated[str, Field(max_length=200)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _non_finite_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            return {**data, "spec": decode(data["spec"])}
+        return data
+
+
+def _optional_float(description: str) -> Any:
+    return (float | None, Field(description=description))
+
+
+# create_model builds the classes; they are subclassed below so that type checkers see classes.
+_JobSummaryFields: Any = create_model(
+    "JobSummaryFields",
+    epochs_done=(int, ...),
+    epochs_total=(int, ...),
+    **{f"final_{m.name}": _optional_float(f"Last epoch's {m.name}.") for m in SUMMARY_METRICS},
+    best_loss=_optional_float("Best monitored loss (validation loss when there is a validation set)."),
+    best_epoch=(int | None, ...),
+    **{f"best_{m.name}": _optional_float(f"Best {m.name} over the epochs ({m.best}).") for m in SUMMARY_METRICS},
+    wall_seconds=(float | None, ...),
+    diverged_epoch=(int | None, ...),
+    resumed_from_epoch=(int | None, Field(description="Epoch restored from a checkpoint on the latest attempt.")),
+)
+
+_EpochRowFields: Any = create_model(
+    "EpochRowFields", epoch=(int, ...), **{m.name: _optional_float(m.description) for m in METRICS}
+)
+
+
+class JobSummary(_JobSummaryFields):
+    """Where a job stands and its results so far, from its summary columns."""
+
+    @classmethod
+    def of(cls, job: Job) -> JobSummary:
+        columns = ("epochs_done", *FINAL_COLUMNS, "best_loss", "best_epoch", *BEST_COLUMNS)
+        return cls(
+            epochs_total=int(job.spec.get("epochs", 0)),
+            wall_seconds=job.wall_seconds,
+            diverged_epoch=job.diverged_epoch,
+            resumed_from_epoch=job.resumed_from_epoch,
+            **{name: getattr(job, name) for name in columns},
+        )
+
+
+class EpochRow(_EpochRowFields):
+    """One epoch's metrics."""
+
+
+class JobOut(BaseModel):
+    id: int
+    sweep_id: int | None
+    pack_id: str | None = Field(description="Set when the job trains in a pack with others of its sweep.")
+    config: dict[str, Any] | None = Field(description="A sweep job's searched values (seed excluded).")
+    name: str | None
+    status: str
+    tags: list[str]
+    optimizer: str
+    queue: str
+    attempt: int
+    worker: str | None
+    device: str | None
+    error: str | None
+    cancel_requested: bool
+    spec: dict[str, Any]
+    spec_hash: str
+    summary: JobSummary
+    environment: dict[str, Any] | None
+    created_at: dt.datetime
+    enqueued_at: dt.datetime | None = Field(description="When its message reached the broker; null until then.")
+    started_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    run_seconds: float | None = Field(description="From first start to finish (or to now while running).")
+
+    @classmethod
+    def of(cls, job: Job, now: dt.datetime) -> JobOut:
+        """The job as the API shows it: its columns, its tags, its summary and its run time."""
+        end = job.finished_at or (now if job.status == "running" else None)
+        derived = {
+            "tags": [t.tag for t in job.tags],
+            "summary": JobSummary.of(job),
+            "run_seconds": (end - job.started_at).total_seconds() if end and job.started_at else None,
+        }
+        columns = {name: getattr(job, name) for name in cls.model_fields if name not in derived}
+        return cls(**columns, **derived)
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page.")
+
+
+class JobMetrics(BaseModel):
+    job_id: int
+    status: str
+    epochs_done: int
+    rows: list[EpochRow] = Field(description="One row per epoch; NaN/inf (a diverged run) are null.")

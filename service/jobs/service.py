@@ -1,0 +1,90 @@
+"""The rules of /v1/jobs: what a job must pass to be created, idempotent creation, the outbox
+hand-off to the dispatcher, listing and cancellation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from optim_engine.spec import variant_names
+from service import broker
+from service.admission import check_spec
+from service.db import transitions
+from service.db.models import Job, JobStatus
+from service.dispatcher import Dispatcher
+from service.errors import InvalidRequest
+from service.jobs import repository
+from service.jobs.schemas import JobCreate
+from service.settings import Settings
+from service.spec_codec import stored_spec
+
+STATUSES = frozenset(status.value for status in JobStatus)
+SORT_KEYS = sorted(repository.SORTABLE)
+
+
+def create_job(
+    session: Session,
+    body: JobCreate,
+    *,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Check the spec against this server (caps, host), then commit it as a queued job and wake
+    the dispatcher, which sends it; returns ``(job, created)`` (not created: the idempotency
+    key's first request made it)."""
+    check_spec(body.spec, settings)
+    job, created = repository.create_job(
+        session,
+        spec=stored_spec(body.spec),
+        spec_hash=body.spec.spec_hash(),
+        optimizer=variant_names(type(body.spec.optimizer))[0],
+        queue=broker.queue_for(body.spec.device, settings),
+        tags=body.tags,
+        name=body.name,
+        idempotency_key=idempotency_key,
+    )
+    session.commit()  # the row exists, unsent, before anything can send it
+    if created:
+        dispatcher.wake()
+    return job, created
+
+
+def list_jobs(
+    session: Session,
+    *,
+    statuses: Sequence[str] = (),
+    sweep_id: int | None = None,
+    optimizer: str | None = None,
+    tag: str | None = None,
+    sort: str = "-created_at",
+    limit: int = 50,
+    cursor: str | None = None,
+) -> tuple[list[Job], str | None]:
+    """One page of the jobs that match, sorted by ``sort`` ('-' prefix: descending), and the next
+    page's cursor (None on the last page)."""
+    bad = [s for s in statuses if s not in STATUSES]
+    if bad:
+        raise InvalidRequest(f"status: unknown {bad}; use {sorted(STATUSES)}")
+    flt = repository.JobFilter(statuses=statuses, sweep_id=sweep_id, optimizer=optimizer, tag=tag)
+    return repository.list_jobs(session, flt, sort=sort, limit=limit, cursor=cursor)
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    return repository.get_job(session, job_id)
+
+
+def job_metrics(session: Session, job_id: int, since_epoch: int = 0) -> tuple[str, int, list[dict[str, Any]]]:
+    """(status, epochs_done, the epoch rows after ``since_epoch``): two indexed reads, no ORM objects."""
+    status, epochs_done = repository.progress(session, job_id)
+    return status, epochs_done, repository.epoch_rows(session, job_id, since_epoch)
+
+
+def cancel_job(session: Session, job_id: int) -> Job:
+    """Queued: it never runs. Running: flagged, it stops at its next epoch boundary. Anything
+    else: ``IllegalTransition``."""
+    transitions.cancel_job(session, job_id)
+    session.commit()
+    return repository.get_job(session, job_id)

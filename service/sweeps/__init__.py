@@ -1,0 +1,2 @@
+"""Sweeps: a search over a base spec, expanded into jobs (``router``, ``service``, ``repository``,
+``schemas``, ``expansion``)."""

@@ -1,0 +1,92 @@
+"""/v1/sweeps: create a sweep of jobs from a base spec and a search, follow it, rank its
+configurations, read its curves in bulk, cancel it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Response
+
+from service.deps import DispatcherDep, IdempotencyKey, SessionDep, SettingsDep
+from service.responses import csv_response
+from service.sweeps import service as sweep_service
+from service.sweeps.schemas import Leaderboard, SweepCreate, SweepOut, SweepPage
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+METRIC_PATTERN = f"^({'|'.join(sweep_service.LEADERBOARD_METRICS)})$"
+
+
+@router.post("", status_code=201, response_model=SweepOut)
+def create_sweep(
+    body: SweepCreate,
+    response: Response,
+    session: SessionDep,
+    settings: SettingsDep,
+    dispatcher: DispatcherDep,
+    idempotency_key: IdempotencyKey = None,
+) -> SweepOut:
+    """Expand a base spec and a search (grid, random, seeds) into jobs. Every expansion is
+    validated first: one invalid combination rejects the sweep (422, naming it) and nothing
+    is created. The jobs are created queued in one transaction and sent after it commits."""
+    sweep, created = sweep_service.create_sweep(
+        session, body, settings=settings, dispatcher=dispatcher, idempotency_key=idempotency_key
+    )
+    response.status_code = 201 if created else 200
+    return sweep_service.describe(session, sweep)
+
+
+@router.get("")
+def list_sweeps(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> SweepPage:
+    """Sweeps, newest first, with their counts (`best` is on GET /v1/sweeps/{id})."""
+    return sweep_service.list_sweeps(session, limit=limit, cursor=cursor)
+
+
+@router.get("/{sweep_id}")
+def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+    """Counts per status and the best configuration so far."""
+    return sweep_service.get_sweep(session, sweep_id)
+
+
+@router.post("/{sweep_id}/cancel")
+def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+    """Queued jobs never run; running ones stop at their next epoch boundary."""
+    return sweep_service.cancel_sweep(session, sweep_id)
+
+
+@router.get("/{sweep_id}/leaderboard")
+def leaderboard(
+    sweep_id: int,
+    session: SessionDep,
+    metric: Annotated[str, Query(pattern=METRIC_PATTERN)] = "val_loss",
+    mode: Annotated[str | None, Query(pattern="^(min|max)$", description="Default: min for losses")] = None,
+    which: Annotated[str, Query(pattern="^(best|final)$", description="Best epoch's value or final")] = "best",
+) -> Leaderboard:
+    """Configurations ranked by the mean of the metric over seeds, with std, 95% CI, min,
+    max, diverged count and mean wall time; computed in SQL from the jobs' summaries."""
+    return sweep_service.leaderboard(session, sweep_id, metric=metric, mode=mode, which=which)
+
+
+@router.get(
+    "/{sweep_id}/metrics",
+    responses={200: {"content": {"text/csv": {}}, "description": "Columnar JSON, or CSV with ?format=csv"}},
+)
+def sweep_metrics(
+    sweep_id: int,
+    session: SessionDep,
+    columns: Annotated[str, Query(description="Comma-separated metric columns")] = "train_loss,val_loss",
+    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+) -> Response:
+    """Every job's per-epoch rows in one response: JSON `{"columns": [...], "rows": [[job_id,
+    epoch, ...], ...], "jobs": [...]}` (each job's config, seed and status, to label curves)."""
+    table = sweep_service.sweep_metrics(session, sweep_id, columns, with_jobs=format == "json")
+    if format == "csv":
+        return csv_response(table.columns, table.rows)
+    body = {"sweep_id": sweep_id, "columns": table.columns, "rows": table.rows, "jobs": table.jobs}
+    # orjson: a few ms for 50,000 rows where the standard library takes ~45.
+    return Response(orjson.dumps(body), media_type="application/json")

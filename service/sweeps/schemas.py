@@ -1,0 +1,159 @@
+"""Request and response bodies of /v1/sweeps: the search (grid, random, seeds) over a base spec,
+sweeps with their counts, and the leaderboard."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import random
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.spec_codec import decode, encode
+
+PATH = r"^[a-z_][a-z0-9_]*(\.([a-z_][a-z0-9_]*|[0-9]+))*$"
+Path = Annotated[str, Field(pattern=PATH, description="Dotted spec path: optimizer.lr, scheduler.0.params.gamma")]
+
+
+class Distribution(BaseModel):
+    """One of: choice (a list), uniform [low, high], log_uniform [low, high] (low > 0), int [low, high]."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    choice: Annotated[list[Any], Field(min_length=1)] | None = None
+    uniform: tuple[float, float] | None = None
+    log_uniform: tuple[float, float] | None = None
+    integer: tuple[int, int] | None = Field(default=None, alias="int", description="Inclusive integer range.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        kinds = [k for k in ("choice", "uniform", "log_uniform", "integer") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of choice, uniform, log_uniform, int (got {kinds or 'none'})")
+        low, high = self.uniform or self.log_uniform or self.integer or (0, 1)
+        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+            raise ValueError(f"bounds must be finite with low <= high, got [{low}, {high}]")
+        if self.log_uniform is not None and low <= 0:
+            raise ValueError(f"log_uniform needs low > 0, got {low}")
+        return self
+
+    def sample(self, rng: random.Random) -> Any:
+        if self.choice is not None:
+            return copy.deepcopy(rng.choice(self.choice))
+        if self.uniform is not None:
+            return rng.uniform(*self.uniform)
+        if self.log_uniform is not None:
+            low, high = self.log_uniform
+            return min(max(math.exp(rng.uniform(math.log(low), math.log(high))), low), high)
+        assert self.integer is not None
+        return rng.randint(*self.integer)
+
+
+class RandomSearch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n: Annotated[int, Field(ge=1, le=100_000, description="Trials to sample.")]
+    seed: int = Field(default=0, description="Sampler seed: the same seed draws the same trials.")
+    params: Annotated[dict[Path, Distribution], Field(min_length=1)]
+
+
+Grid = dict[Path, Annotated[list[Any], Field(min_length=1)]]
+
+
+class SweepCreate(BaseModel):
+    """A base spec and a search over dotted spec paths; every configuration runs once per seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(max_length=200)] | None = None
+    base: dict[str, Any] = Field(description="A job spec; the search overrides its paths.")
+    grid: Grid | list[Grid] | None = Field(
+        default=None, description="Path → values, all combinations; a list of grids is their union."
+    )
+    random: RandomSearch | None = None
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=1000)] | None = (
+        Field(default=None, description="Repeat every configuration with each seed (sets spec.seed).")
+    )
+    tags: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/=-]{1,64}$")]], Field(max_length=32)] = Field(
+        default_factory=list
+    )
+    execution: Literal["auto", "packed", "separate"] = Field(
+        default="auto",
+        description=(
+            "auto: jobs that can train together (same model, data, loss, batch size, epochs, device) run "
+            "as packs of up to OPTIMLAB_PACK_MAX trials, the rest separately; packed: every job in a pack "
+            "(a 422 says which cannot); separate: one task per job."
+        ),
+    )
+
+    @field_validator("base")
+    @classmethod
+    def _non_finite_names(cls, base: dict[str, Any]) -> dict[str, Any]:
+        return dict(decode(base))
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        return seeds
+
+    def grids(self) -> list[Grid]:
+        if self.grid is None:
+            return [{}]
+        return self.grid if isinstance(self.grid, list) else [self.grid]
+
+    def search_definition(self) -> dict[str, Any]:
+        return dict(
+            encode(
+                self.model_dump(
+                    mode="json", by_alias=True, exclude_none=True, exclude={"name", "base", "tags", "execution"}
+                )
+            )
+        )
+
+
+class LeaderboardRow(BaseModel):
+    rank: int
+    config: dict[str, Any] = Field(description="The searched values this row's jobs share (seed excluded).")
+    config_hash: str | None
+    jobs: int
+    n: int = Field(description="Succeeded jobs with a value: the statistics are over these.")
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation (n - 1).")
+    ci95_low: float | None = Field(description="95% confidence interval of the mean, Student t with n - 1 df.")
+    ci95_high: float | None
+    min: float | None
+    max: float | None
+    diverged: int
+    failed: int
+    pending: int
+    mean_wall_seconds: float | None
+
+
+class Leaderboard(BaseModel):
+    sweep_id: int
+    metric: str
+    mode: str
+    which: str
+    rows: list[LeaderboardRow]
+
+
+class SweepOut(BaseModel):
+    id: int
+    name: str | None
+    created_at: dt.datetime
+    n_jobs: int
+    counts: dict[str, int] = Field(description="Jobs per status.")
+    done: bool = Field(description="No job is queued or running.")
+    best: LeaderboardRow | None = Field(description="The leaderboard's top configuration (val_loss, else train_loss).")
+    template: dict[str, Any]
+    search: dict[str, Any]
+    execution: str = Field(description="auto, packed or separate (see POST /v1/sweeps).")
+
+
+class SweepPage(BaseModel):
+    items: list[SweepOut]
+    next_cursor: str | None

@@ -1,0 +1,191 @@
+"""The rules of /v1/sweeps: the cap on a sweep's size, its expansion checked job by job like a
+single job, its packing plan, creation in one transaction, cancellation, and the views over its
+jobs (counts, best configuration, leaderboard, curves)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from optim_engine.spec import variant_names
+from service import broker
+from service.admission import spec_problems
+from service.db import transitions
+from service.db.models import Sweep
+from service.dispatcher import Dispatcher
+from service.errors import InvalidFields, InvalidRequest, field_error
+from service.settings import Settings
+from service.spec_codec import encode, stored_spec
+from service.sweeps import repository
+from service.sweeps.expansion import SweepInvalid, Trial, count, expand, plan_packs, problem
+from service.sweeps.schemas import Leaderboard, LeaderboardRow, SweepCreate, SweepOut, SweepPage
+
+LEADERBOARD_METRICS = tuple(repository.BETTER)
+
+
+def create_sweep(
+    session: Session,
+    body: SweepCreate,
+    *,
+    settings: Settings,
+    dispatcher: Dispatcher,
+    idempotency_key: str | None = None,
+) -> tuple[Sweep, bool]:
+    """Check every job of the sweep (``plan``), then commit the sweep and all its jobs, queued, in
+    one transaction and wake the dispatcher, which sends them; returns ``(sweep, created)`` (not
+    created: the idempotency key's first request made it)."""
+    trials, packs = plan(body, settings)
+    definition = repository.NewSweep(
+        name=body.name,
+        template=dict(encode(body.base)),
+        search=body.search_definition(),
+        execution=body.execution,
+        tags=body.tags,
+    )
+    jobs = [
+        repository.NewJob(
+            spec=stored_spec(trial.spec),
+            spec_hash=trial.spec.spec_hash(),
+            optimizer=variant_names(type(trial.spec.optimizer))[0],
+            queue=broker.queue_for(trial.spec.device, settings),
+            config=dict(encode(trial.config)),
+            config_hash=trial.config_hash,
+            pack_id=pack_id,
+        )
+        for trial, pack_id in zip(trials, packs, strict=True)
+    ]
+    sweep, created = repository.create_sweep(session, definition, jobs, idempotency_key=idempotency_key)
+    session.commit()
+    if created:
+        dispatcher.wake()
+    return sweep, created
+
+
+def plan(body: SweepCreate, settings: Settings) -> tuple[list[Trial], list[str | None]]:
+    """Every job of the sweep and its pack id (None: it runs alone), each job checked as a single
+    job would be (schema, resource caps, this host). Any problem is an ``InvalidFields`` naming
+    the combinations (up to 10) and their fields; nothing is created."""
+    total = count(body)
+    if total > settings.max_sweep_jobs:
+        msg = f"the sweep expands to {total} jobs; this server's cap is {settings.max_sweep_jobs}"
+        raise InvalidFields([field_error(("body", "search"), msg, "resource_cap")])
+    try:
+        trials = expand(body)
+        rejected = []
+        for trial in trials:
+            if problems := spec_problems(trial.spec, settings):
+                rejected.append(problem(trial.combination(), [(("spec", *p.loc), p.msg) for p in problems]))
+        if rejected:
+            raise SweepInvalid(rejected[:10])
+        return trials, plan_packs(trials, body.execution, settings.pack_max)
+    except SweepInvalid as exc:
+        raise InvalidFields(_combination_errors(exc.problems)) from exc
+
+
+def _combination_errors(problems: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each failing combination's fields as 422 detail entries."""
+    return [
+        field_error(
+            ("body", "search"),
+            f"combination {json.dumps(p['combination'], sort_keys=True)}: {error['field']}: {error['msg']}",
+            "invalid_combination",
+            field=error["field"],
+            combination=p["combination"],
+        )
+        for p in problems
+        for error in p["errors"]
+    ]
+
+
+def describe(
+    session: Session, sweep: Sweep, counts: dict[str, int] | None = None, *, with_best: bool = True
+) -> SweepOut:
+    """The sweep with its jobs per status and (``with_best``) its best configuration so far:
+    the val_loss leaderboard's top row, else train_loss's."""
+    if counts is None:
+        counts = repository.status_counts(session, [sweep.id])[sweep.id]
+    best = None
+    for metric in ("val_loss", "train_loss") if with_best else ():
+        board = repository.leaderboard(session, sweep.id, repository.LeaderboardQuery(metric=metric))
+        if board and board[0]["mean"] is not None:
+            best = LeaderboardRow(**board[0])
+            break
+    return SweepOut(
+        id=sweep.id,
+        name=sweep.name,
+        created_at=sweep.created_at,
+        n_jobs=sweep.n_jobs,
+        counts=counts,
+        done=counts["queued"] + counts["running"] == 0,
+        best=best,
+        template=sweep.template,
+        search=sweep.search,
+        execution=sweep.execution,
+    )
+
+
+def get_sweep(session: Session, sweep_id: int) -> SweepOut:
+    return describe(session, repository.get_sweep(session, sweep_id))
+
+
+def list_sweeps(session: Session, *, limit: int, cursor: str | None = None) -> SweepPage:
+    """Sweeps, newest first, with their counts (not their best configuration), one page at a time."""
+    before = None
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise InvalidRequest("cursor: not a cursor from this list")
+        before = int(cursor)
+    sweeps = repository.list_sweeps(session, limit=limit + 1, before_id=before)
+    page = sweeps[:limit]
+    counts = repository.status_counts(session, [sweep.id for sweep in page])
+    return SweepPage(
+        items=[describe(session, sweep, counts[sweep.id], with_best=False) for sweep in page],
+        next_cursor=str(page[-1].id) if len(sweeps) > limit else None,
+    )
+
+
+def cancel_sweep(session: Session, sweep_id: int) -> SweepOut:
+    """Queued jobs never run; running ones stop at their next epoch boundary; finished ones stay."""
+    sweep = repository.get_sweep(session, sweep_id)
+    transitions.cancel_sweep_jobs(session, sweep_id)
+    session.commit()
+    return describe(session, sweep)
+
+
+def leaderboard(
+    session: Session, sweep_id: int, *, metric: str = "val_loss", mode: str | None = None, which: str = "best"
+) -> Leaderboard:
+    """Configurations ranked by the mean of the metric over seeds (see ``repository.leaderboard``)."""
+    repository.get_sweep(session, sweep_id)
+    query = repository.LeaderboardQuery(metric=metric, mode=mode, which=which)
+    rows = repository.leaderboard(session, sweep_id, query)
+    return Leaderboard(
+        sweep_id=sweep_id,
+        metric=metric,
+        mode=query.resolved_mode(),
+        which=which,
+        rows=[LeaderboardRow(**row) for row in rows],
+    )
+
+
+@dataclass(frozen=True)
+class SweepMetrics:
+    """Every job's epoch rows as a table (``columns`` names each row's values), and the jobs."""
+
+    columns: list[str]
+    rows: Sequence[Any]
+    jobs: list[dict[str, Any]] | None
+
+
+def sweep_metrics(session: Session, sweep_id: int, columns: str, *, with_jobs: bool = True) -> SweepMetrics:
+    """The metric ``columns`` (comma-separated) of every epoch of every job of the sweep, and
+    (``with_jobs``) each job's config, seed and status, to label its curve."""
+    repository.get_sweep(session, sweep_id)
+    wanted = [c.strip() for c in columns.split(",") if c.strip()]
+    names, rows = repository.sweep_metrics(session, sweep_id, wanted)
+    jobs = repository.sweep_jobs(session, sweep_id) if with_jobs else None
+    return SweepMetrics(names, rows, jobs)
