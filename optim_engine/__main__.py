@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from optim_engine.results import EpochMetrics
-from optim_engine.spec import JobSpec
+from optim_engine.spec import JobSpec, host_problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = JobSpec.from_yaml(args.spec.read_text())  # YAML is a superset of JSON
     except (OSError, ValidationError) as exc:
         print(f"invalid spec {args.spec}: {exc}", file=sys.stderr)
+        return 2
+    problems = host_problems(spec)
+    if problems:  # what this machine lacks: data files, an extra, a plugin
+        for loc, msg in problems:
+            print(f"invalid spec {args.spec}: {'.'.join(loc)}: {msg}", file=sys.stderr)
         return 2
 
     from optim_engine._loop import train  # torch loads only once the spec is known to be valid

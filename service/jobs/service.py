@@ -47,8 +47,7 @@ def create_job(
         idempotency_key=idempotency_key,
     )
     session.commit()  # the row exists, unsent, before anything can send it
-    if created:
-        dispatcher.wake()
+    dispatcher.wake()  # a retry too: whatever the first request left unsent goes now
     return job, created
 
 

@@ -60,8 +60,7 @@ def create_sweep(
     ]
     sweep, created = repository.create_sweep(session, definition, jobs, idempotency_key=idempotency_key)
     session.commit()
-    if created:
-        dispatcher.wake()
+    dispatcher.wake()  # a retry too: whatever the first request left unsent goes now
     return sweep, created
 
 

@@ -75,13 +75,14 @@ def test_a_postgresql_outage_with_a_backlog_loses_no_job(tmp_path: Path, logs: P
             wait_for(deployment.api.up, 60, "the API")
             procs += [deployment.start_worker("w1"), deployment.start_worker("w2")]
             api = deployment.api
-            busy = [api.submit(slow_spec(30, n_samples=8192, seed=seed)) for seed in range(2)]
+            busy = [api.submit(slow_spec(300, n_samples=8192, seed=seed)) for seed in range(2)]  # ~10 s each
             backlog = [api.submit(slow_spec(4, n_samples=1024, seed=seed)) for seed in range(10)]
             body = {"base": slow_spec(4, n_samples=1024), "grid": {"optimizer.lr": [0.01, 0.02]}, "seeds": [0, 1]}
             packs = [post_sweep(api, body | {"execution": "packed", "name": f"pack {i}"}) for i in range(2)]
             jobs = [*busy, *backlog, *(job for sweep in packs for job in sweep_jobs(api, sweep["id"]))]
             wait_for(lambda: all(api.job(job["id"])["enqueued_at"] for job in jobs), 30, "every job to be sent")
-            api.wait_epochs(busy[0]["id"], 2)
+            for job in busy:
+                api.wait_epochs(job["id"], 2)
             queue = redis.Redis.from_url(broker_url)
             assert queue.llen("cpu") >= 8, "a backlog waits in Redis"
             own.stop()
