@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,13 +65,24 @@ class RunState:
         )
 
 
-def write(path: Path, payload: dict[str, Any], *, version: int) -> None:
+def write(path: Path, payload: dict[str, Any], *, version: int, may_write: Callable[[], bool] | None = None) -> bool:
     """Write ``payload`` with format number ``version`` to ``path`` atomically (temp file, then
-    rename): a crash never leaves half a checkpoint."""
+    rename): a crash never leaves half a checkpoint.
+
+    ``may_write`` fences the write: it is asked before anything touches the folder and again just
+    before the rename, and False leaves the folder as it was (the caller no longer owns it: another
+    run may be writing there, or may have finished and removed it). Returns whether it wrote.
+    """
+    if may_write is not None and not may_write():
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save({"format": version, **payload}, tmp)
+    if may_write is not None and not may_write():
+        tmp.unlink(missing_ok=True)
+        return False
     os.replace(tmp, path)
+    return True
 
 
 def read(path: Path, *, version: int) -> dict[str, Any] | None:
@@ -95,8 +107,9 @@ def save(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     state: RunState,
-) -> None:
-    """Write the plain loop's checkpoint to ``directory``."""
+    may_write: Callable[[], bool] | None = None,
+) -> bool:
+    """Write the plain loop's checkpoint to ``directory`` (fenced by ``may_write``, see ``write``)."""
     payload = {
         "spec_hash": spec_hash,
         "epoch": state.history[-1].epoch if state.history else 0,
@@ -107,7 +120,7 @@ def save(
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         **state.as_dict(),
     }
-    write(directory / FILENAME, payload, version=_FORMAT)
+    return write(directory / FILENAME, payload, version=_FORMAT, may_write=may_write)
 
 
 def load(

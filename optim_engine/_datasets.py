@@ -123,15 +123,18 @@ def build_dataset(
     """Build a spec's train and validation tensors (float32 features, standardized if asked).
 
     The split and any synthetic data depend on ``dataset.split_seed`` only, never on the run's
-    seed, so every seed of a sweep sees the same validation set.
+    seed, so every seed of a sweep sees the same validation set. With ``val_fraction`` 0 (or too
+    few samples for one) the validation tensors are empty and ``has_validation`` is False: the
+    loops then report no validation metrics.
     """
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     root = resolve_root(data_root)
     info = dataset_info(spec.dataset, root)
     arrays = DATASETS[spec.dataset.name](spec.dataset, root)
     x_train, y_train, x_val, y_val = _split(arrays, spec.dataset.val_fraction, spec.dataset.split_seed)
-    x_train = x_train.reshape(x_train.shape[0], -1).astype(np.float64)
-    x_val = x_val.reshape(x_val.shape[0], -1).astype(np.float64)
+    # Explicit widths, not -1: an empty validation split (val_fraction 0) has no width to infer.
+    x_train = x_train.reshape(x_train.shape[0], info.n_features).astype(np.float64)
+    x_val = x_val.reshape(x_val.shape[0], info.n_features).astype(np.float64)
     if getattr(spec.dataset.params, "standardize", False):
         mean, std = x_train.mean(axis=0), x_train.std(axis=0)
         std[std < 1e-8] = 1.0
@@ -141,7 +144,7 @@ def build_dataset(
         if info.task == "classification":
             labels = torch.as_tensor(y.astype(np.int64))
             return labels.float().unsqueeze(1) if isinstance(spec.loss, BCEWithLogitsLoss) else labels
-        return torch.as_tensor(y.reshape(y.shape[0], -1), dtype=torch.float32)
+        return torch.as_tensor(y.reshape(y.shape[0], info.n_outputs), dtype=torch.float32)
 
     data = TensorData(
         x_train=torch.as_tensor(x_train, dtype=torch.float32),

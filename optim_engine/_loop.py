@@ -7,6 +7,7 @@ import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from optim_engine import _checkpoint, _seeding
 from optim_engine._datasets import TensorData, build_dataset
 from optim_engine._models import build_loss, build_model, count_correct
 from optim_engine._optim import build_optimizer, build_scheduler, steps_per_epoch
-from optim_engine._policy import CheckpointCadence, after_epoch, steps_per_batch
+from optim_engine._policy import STOP_POLL_S, CheckpointCadence, StopPoll, after_epoch, steps_per_batch
 from optim_engine.results import EpochMetrics, Outcome, TrainResult
 from optim_engine.settings import get_settings
 from optim_engine.spec import JobSpec
@@ -81,6 +82,8 @@ def train(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every_s: float = 0.0,
     num_threads: int | None = None,
+    stop_poll_s: float = STOP_POLL_S,
+    may_checkpoint: Callable[[], bool] | None = None,
 ) -> TrainResult:
     """Train one spec and report every epoch.
 
@@ -88,13 +91,19 @@ def train(
         spec: a ``JobSpec`` or a plain dict that validates as one.
         on_epoch: called with each finished epoch's metrics, before that epoch is checkpointed,
             so a consumer that persists metrics never misses an epoch across a crash.
-        should_stop: polled before each epoch; True ends the run as ``cancelled``.
+        should_stop: polled before each epoch and, inside an epoch, at most every
+            ``stop_poll_s`` seconds; True ends the run as ``cancelled``. An epoch it interrupts
+            is dropped (neither reported nor checkpointed): the history ends at the last whole
+            epoch. It must be cheap: it may be called about every ``stop_poll_s``.
         checkpoint_dir: when given, the run resumes from the checkpoint found there and writes
             one after every epoch.
         checkpoint_every_s: skip an epoch's checkpoint when the last one is younger than this
             (0: every epoch). Bounds the work a crash loses without a checkpoint every few
             milliseconds for tiny models.
         num_threads: torch intra-op threads for the run (default: ``OPTIMLAB_TORCH_THREADS``).
+        stop_poll_s: how often ``should_stop`` is asked inside an epoch (0: every step).
+        may_checkpoint: asked right before a checkpoint is put in place; False skips it (the
+            caller no longer owns ``checkpoint_dir``; see ``_checkpoint.write``).
 
     Returns:
         A ``TrainResult``: outcome, per-epoch history (including epochs from before a resume),
@@ -105,52 +114,77 @@ def train(
     # fork_rng: a run neither depends on nor disturbs the caller's global RNG state.
     with _threads(threads), torch.random.fork_rng(devices=[]):
         directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        return _run(spec, on_epoch, should_stop, directory, checkpoint_every_s)
+        poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
+        return _run(spec, on_epoch, poll, directory, CheckpointCadence(checkpoint_every_s), may_checkpoint)
 
 
-def _run(
-    spec: JobSpec,
-    on_epoch: Callable[[EpochMetrics], None] | None,
-    should_stop: Callable[[], bool] | None,
-    checkpoint_dir: Path | None,
-    checkpoint_every_s: float,
-) -> TrainResult:
+@dataclass
+class _Setup:
+    """What a run trains with, built from its spec."""
+
+    device: torch.device
+    data: TensorData
+    model: torch.nn.Module
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled when the spec asks
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    per_step: bool  # the scheduler steps per optimizer step (in the step loop), else per epoch
+    loss_fn: torch.nn.Module
+    bf16: bool
+
+
+def _setup(spec: JobSpec) -> _Setup:
     device = resolve_device(spec.device)
     data = build_dataset(spec, device)
     model = build_model(spec).to(device)
     optimizer = build_optimizer(spec, model, device)
     scheduler = build_scheduler(spec, optimizer, steps_per_epoch(data.x_train.shape[0], spec.batch_size))
-    per_step = steps_per_batch(spec)
-    step_scheduler = scheduler if per_step else None  # the step loop steps it; ``after_epoch`` the others
     loss_fn = build_loss(spec)
     bf16 = spec.precision == "bf16" and device.type in ("cuda", "cpu")
     forward = torch.compile(model) if spec.compile else model
-    torch.manual_seed(_seeding.dropout_seed(spec.seed))
+    return _Setup(device, data, model, forward, optimizer, scheduler, steps_per_batch(spec), loss_fn, bf16)
 
+
+def _run(
+    spec: JobSpec,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    poll: StopPoll[bool] | None,
+    checkpoint_dir: Path | None,
+    cadence: CheckpointCadence,
+    may_checkpoint: Callable[[], bool] | None,
+) -> TrainResult:
+    run = _setup(spec)
+    torch.manual_seed(_seeding.dropout_seed(spec.seed))
     spec_hash = spec.spec_hash()
-    state, resumed_from = _resume(checkpoint_dir, spec_hash, model, optimizer, scheduler)
-    environment = _environment(spec, device, optimizer, bf16)
+    state, resumed_from = _resume(checkpoint_dir, spec_hash, run.model, run.optimizer, run.scheduler)
+    environment = _environment(spec, run.device, run.optimizer, run.bf16)
     if state.stopped(spec.early_stopping):
         # Restored from the checkpoint of an epoch that had already stopped the run early.
         return TrainResult("early_stopped", state.history, environment, resumed_from_epoch=resumed_from)
-    cadence = CheckpointCadence(checkpoint_every_s)
+    halt = (lambda: poll.due() and poll.ask()) if poll is not None else None
     outcome: Outcome = "completed"
     for epoch in range(len(state.history) + 1, spec.epochs + 1):
-        if should_stop is not None and should_stop():
+        stopped = poll is not None and poll.ask()
+        done = None if stopped else _epoch(spec, epoch, run, state.first_loss, halt)
+        if done is None:  # stopped before or inside the epoch; an interrupted epoch is dropped
             outcome = "cancelled"
             break
-        metrics, state.first_loss = _epoch(
-            spec, epoch, forward, data, optimizer, loss_fn, step_scheduler, bf16, device, state.first_loss
-        )
+        metrics, state.first_loss = done
         state.history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics)
-        verdict = after_epoch(spec, state, metrics, scheduler, per_step)
+        verdict = after_epoch(spec, state, metrics, run.scheduler, run.per_step)
         # A diverged epoch is not checkpointed; an early-stopped one is, and then the run ends.
         if verdict != "diverged" and checkpoint_dir is not None and cadence.due():
             cadence.mark()
             _checkpoint.save(
-                checkpoint_dir, spec_hash=spec_hash, model=model, optimizer=optimizer, scheduler=scheduler, state=state
+                checkpoint_dir,
+                spec_hash=spec_hash,
+                model=run.model,
+                optimizer=run.optimizer,
+                scheduler=run.scheduler,
+                state=state,
+                may_write=may_checkpoint,
             )
         if verdict is not None:
             outcome = verdict
@@ -181,37 +215,77 @@ def _resume(
     return _checkpoint.RunState(history=[]), None
 
 
+Halt = Callable[[], bool] | None
+"""Asked every step (and evaluation chunk): True abandons the epoch (``StopPoll`` keeps it cheap)."""
+
+
 def _epoch(
+    spec: JobSpec, epoch: int, run: _Setup, first_loss: float | None, halt: Halt
+) -> tuple[EpochMetrics, float | None] | None:
+    """One epoch: its metrics and the run's first batch loss; None when ``halt`` interrupted it."""
+    started = time.perf_counter()
+    module = run.forward if isinstance(run.forward, torch.nn.Module) else None
+    lr = float(run.optimizer.param_groups[0]["lr"])
+    autocast: AbstractContextManager[Any] = (
+        torch.autocast(run.device.type, dtype=torch.bfloat16) if run.bf16 else nullcontext()
+    )
+    if module is not None:
+        module.train()
+    trained = _steps(spec, epoch, run, autocast, first_loss is None, halt)
+    if trained is None:
+        return None
+    loss_sum, first, grad_norm = trained
+    n = run.data.x_train.shape[0]
+    train_loss, norm = torch.stack([loss_sum / n, grad_norm.to(loss_sum.dtype)]).tolist()  # the epoch's one sync
+    if first is not None:
+        first_loss = float(first)
+    train_seconds = time.perf_counter() - started
+
+    val_loss = val_accuracy = None
+    if run.data.has_validation:
+        evaluated = _evaluate(run.forward, module, run.data, run.loss_fn, autocast, halt)
+        if evaluated is None:
+            return None
+        val_loss, accuracy = evaluated
+        val_accuracy = accuracy if run.data.info.task == "classification" else None
+    seconds = time.perf_counter() - started
+    metrics = EpochMetrics(
+        epoch=epoch,
+        train_loss=train_loss,
+        val_loss=val_loss,
+        val_accuracy=val_accuracy,
+        lr=lr,
+        grad_norm=norm,
+        epoch_seconds=seconds,
+        samples_per_second=n / train_seconds if train_seconds > 0 else math.inf,
+    )
+    return metrics, first_loss
+
+
+def _steps(
     spec: JobSpec,
     epoch: int,
-    model: Callable[[torch.Tensor], torch.Tensor],
-    data: TensorData,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: torch.nn.Module,
-    per_step_scheduler: Any,
-    bf16: bool,
-    device: torch.device,
-    first_loss: float | None,
-) -> tuple[EpochMetrics, float | None]:
-    started = time.perf_counter()
-    module = model if isinstance(model, torch.nn.Module) else None
-    lr = float(optimizer.param_groups[0]["lr"])
-    autocast: AbstractContextManager[Any] = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    run: _Setup,
+    autocast: AbstractContextManager[Any],
+    need_first: bool,
+    halt: Halt,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None:
+    """An epoch's optimizer steps: (sum of batch losses, first batch loss when ``need_first``,
+    last gradient norm), all still on the device; None when ``halt`` interrupted them."""
+    model, data, optimizer, loss_fn, device = run.forward, run.data, run.optimizer, run.loss_fn, run.device
+    per_step_scheduler = run.scheduler if run.per_step else None  # ``after_epoch`` steps the others
     params = [p for group in optimizer.param_groups for p in group["params"]]
     clip = spec.grad_clip_norm
     lbfgs = isinstance(optimizer, torch.optim.LBFGS)
-
     # One gather per epoch, then each batch is a view: no per-batch indexing or DataLoader.
     order = _seeding.epoch_permutation(data.x_train.shape[0], spec.seed, epoch).to(device)
     x_all, y_all = data.x_train[order], data.y_train[order]
-    n = x_all.shape[0]
     loss_sum = torch.zeros((), device=device)
     first = None
-    grad_norm = torch.zeros((), device=device)
     clipped_from: list[torch.Tensor] = []  # the last step's norm before clipping
-    if module is not None:
-        module.train()
-    for start in range(0, n, spec.batch_size):
+    for start in range(0, x_all.shape[0], spec.batch_size):
+        if halt is not None and halt():
+            return None
         xb, yb = x_all[start : start + spec.batch_size], y_all[start : start + spec.batch_size]
 
         def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
@@ -233,34 +307,15 @@ def _epoch(
             per_step_scheduler.step()
         # Accumulate on the device: no .item() (a CPU-GPU sync) inside the step loop.
         loss_sum.add_(loss.detach(), alpha=xb.shape[0])
-        if first is None and first_loss is None:
+        if first is None and need_first:
             first = loss.detach()
     grads = [p.grad for p in params if p.grad is not None]
+    grad_norm = torch.zeros((), device=device)
     if clipped_from:
         grad_norm = clipped_from[0]
     elif grads:
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-    train_loss, norm = torch.stack([loss_sum / n, grad_norm.to(loss_sum.dtype)]).tolist()  # the epoch's one sync
-    if first is not None:
-        first_loss = float(first)
-    train_seconds = time.perf_counter() - started
-
-    val_loss = val_accuracy = None
-    if data.has_validation:
-        val_loss, accuracy = _evaluate(model, module, data, loss_fn, autocast)
-        val_accuracy = accuracy if data.info.task == "classification" else None
-    seconds = time.perf_counter() - started
-    metrics = EpochMetrics(
-        epoch=epoch,
-        train_loss=train_loss,
-        val_loss=val_loss,
-        val_accuracy=val_accuracy,
-        lr=lr,
-        grad_norm=norm,
-        epoch_seconds=seconds,
-        samples_per_second=n / train_seconds if train_seconds > 0 else math.inf,
-    )
-    return metrics, first_loss
+    return loss_sum, first, grad_norm
 
 
 @torch.no_grad()
@@ -270,20 +325,25 @@ def _evaluate(
     data: TensorData,
     loss_fn: torch.nn.Module,
     autocast: AbstractContextManager[Any],
-) -> tuple[float, float]:
+    halt: Halt = None,
+) -> tuple[float, float] | None:
     if module is not None:
         module.eval()
     total = torch.zeros((), device=data.x_val.device)
     correct = torch.zeros((), device=data.x_val.device, dtype=torch.long)
     n = data.x_val.shape[0]
-    for start in range(0, n, EVAL_CHUNK):
-        xb, yb = data.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
-        with autocast:
-            output = model(xb)
-        total += loss_fn(output.float(), yb).float() * xb.shape[0]
-        if data.info.task == "classification":
-            correct += count_correct(output, yb)
-    if module is not None:
-        module.train()
+    try:
+        for start in range(0, n, EVAL_CHUNK):
+            if halt is not None and halt():
+                return None
+            xb, yb = data.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
+            with autocast:
+                output = model(xb)
+            total += loss_fn(output.float(), yb).float() * xb.shape[0]
+            if data.info.task == "classification":
+                correct += count_correct(output, yb)
+    finally:
+        if module is not None:
+            module.train()
     loss, accuracy = torch.stack([total / n, correct.to(total.dtype) / n]).tolist()
     return loss, accuracy

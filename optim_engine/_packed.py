@@ -29,7 +29,7 @@ from optim_engine._models import build_loss, build_model
 from optim_engine._optim import Scheduler, build_optimizer, build_scheduler, steps_per_epoch
 from optim_engine._pack_model import PackLayout, PackLoss
 from optim_engine._pack_optim import Columns, Group, GroupKey
-from optim_engine._policy import CheckpointCadence, after_epoch, steps_per_batch
+from optim_engine._policy import STOP_POLL_S, CheckpointCadence, StopPoll, after_epoch, steps_per_batch
 from optim_engine.packing import can_pack
 from optim_engine.results import EpochMetrics, Outcome, TrainResult
 from optim_engine.settings import get_settings
@@ -69,6 +69,8 @@ def train_packed(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every_s: float = 0.0,
     num_threads: int | None = None,
+    stop_poll_s: float = STOP_POLL_S,
+    may_checkpoint: Callable[[], bool] | None = None,
 ) -> list[TrainResult]:
     """Train ``specs`` as one pack; each trial's results match the same spec run alone by
     ``train`` within float32 drift.
@@ -81,11 +83,16 @@ def train_packed(
             before that epoch is checkpointed.
         on_finish: called with (trial position, result) as soon as a trial ends (diverged, early
             stopped, cancelled) and for the others when the pack ends.
-        should_stop: polled before each epoch; returns the positions of trials to end as
-            ``cancelled``.
+        should_stop: polled before each epoch and, inside an epoch, at most every
+            ``stop_poll_s`` seconds; returns the positions of trials to end as ``cancelled``.
+            A trial stopped inside an epoch ends at once with the epochs before it (its rows
+            finish the epoch unrecorded, then leave the pack); when every trial is stopped, the
+            epoch is abandoned and not checkpointed.
         checkpoint_dir: resume the pack from the checkpoint there and write one after epochs.
         checkpoint_every_s: skip a checkpoint when the last one is younger than this.
         num_threads: torch intra-op threads (default: ``OPTIMLAB_TORCH_THREADS``).
+        stop_poll_s: how often ``should_stop`` is asked inside an epoch (0: every step).
+        may_checkpoint: asked right before a checkpoint is put in place; False skips it.
 
     Returns:
         One ``TrainResult`` per spec, in the order given.
@@ -100,7 +107,9 @@ def train_packed(
     threads = get_settings().torch_threads if num_threads is None else num_threads
     with _threads(threads), torch.random.fork_rng(devices=[]):
         pack = _Pack(parsed, names, Path(checkpoint_dir) if checkpoint_dir is not None else None)
-        return pack.run(on_epoch, on_finish, should_stop, checkpoint_every_s)
+        pack.on_finish, pack.may_checkpoint = on_finish, may_checkpoint
+        pack.poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
+        return pack.run(on_epoch, checkpoint_every_s)
 
 
 class _Pack:
@@ -120,6 +129,11 @@ class _Pack:
         self.loss = PackLoss(build_loss(first))
         self.classification = self.data.info.task == "classification"
         self.checkpoint_dir = checkpoint_dir
+        # Run control, set by ``train_packed``: who hears of ended trials, when to ask should_stop
+        # inside an epoch, and whether a checkpoint may still be written.
+        self.on_finish: Callable[[int, TrainResult], None] | None = None
+        self.poll: StopPoll[Collection[int]] | None = None
+        self.may_checkpoint: Callable[[], bool] | None = None
         self.spec_hashes = {key: spec.spec_hash() for key, spec in zip(keys, specs, strict=True)}
 
         trials = [self._trial(i, key, spec) for i, (key, spec) in enumerate(zip(keys, specs, strict=True))]
@@ -156,52 +170,74 @@ class _Pack:
 
     # -- the loop
 
-    def run(
-        self,
-        on_epoch: Callable[[int, EpochMetrics], None] | None,
-        on_finish: Callable[[int, TrainResult], None] | None,
-        should_stop: Callable[[], Collection[int]] | None,
-        checkpoint_every_s: float,
-    ) -> list[TrainResult]:
-        def end(trial: _Trial, outcome: Outcome, diverged_epoch: int | None = None) -> None:
-            trial.outcome, trial.diverged_epoch = outcome, diverged_epoch
-            if on_finish is not None:
-                on_finish(trial.index, self._result(trial))
-
+    def run(self, on_epoch: Callable[[int, EpochMetrics], None] | None, checkpoint_every_s: float) -> list[TrainResult]:
         for trial in self.trials:  # restored from a checkpoint in which they had already ended
-            if trial.outcome is not None and on_finish is not None:
-                on_finish(trial.index, self._result(trial))
+            if trial.outcome is not None and self.on_finish is not None:
+                self.on_finish(trial.index, self._result(trial))
         cadence = CheckpointCadence(checkpoint_every_s)
         epoch = self.epochs_done + 1
         while self.rows and epoch <= self.epochs:
-            stop = set(should_stop()) if should_stop is not None else set()
-            for trial in self.rows:
-                if trial.index in stop:
-                    end(trial, "cancelled")
+            if self.poll is not None:
+                self._stop(self.poll.ask())
             self._drop_ended()
             if not self.rows:
                 break
-            for trial, metrics in zip(self.rows, self._epoch(epoch), strict=True):
-                trial.state.history.append(metrics)
-                if on_epoch is not None:
-                    on_epoch(trial.index, metrics)
-            stopped_early = []
-            for trial in self.rows:
-                verdict = after_epoch(trial.spec, trial.state, trial.state.history[-1], trial.scheduler, trial.per_step)
-                if verdict == "diverged":
-                    end(trial, "diverged", epoch)
-                elif verdict == "early_stopped":
-                    stopped_early.append(trial)  # it ends after the checkpoint, as in ``train``
-            if self.checkpoint_dir is not None and cadence.due():
-                cadence.mark()
-                self._save()
-            for trial in stopped_early:
-                end(trial, "early_stopped")
+            metrics = self._epoch(epoch)
+            if metrics is None:
+                break  # every trial was stopped inside the epoch, which is dropped
+            self._after_epoch(epoch, metrics, on_epoch, cadence)
             self._drop_ended()
             epoch += 1
         for trial in self.rows:
-            end(trial, "completed")
+            if trial.outcome is None:
+                self._end(trial, "completed")
         return [self._result(t) for t in self.trials]
+
+    def _after_epoch(
+        self,
+        epoch: int,
+        metrics: list[EpochMetrics],
+        on_epoch: Callable[[int, EpochMetrics], None] | None,
+        cadence: CheckpointCadence,
+    ) -> None:
+        """Record a whole epoch of the trials still live (one stopped inside it keeps none of
+        it), apply the after-epoch policy and checkpoint when due."""
+        live = [(trial, m) for trial, m in zip(self.rows, metrics, strict=True) if trial.outcome is None]
+        for trial, m in live:
+            trial.state.history.append(m)
+            if on_epoch is not None:
+                on_epoch(trial.index, m)
+        stopped_early = []
+        for trial, m in live:
+            verdict = after_epoch(trial.spec, trial.state, m, trial.scheduler, trial.per_step)
+            if verdict == "diverged":
+                self._end(trial, "diverged", epoch)
+            elif verdict == "early_stopped":
+                stopped_early.append(trial)  # it ends after the checkpoint, as in ``train``
+        if self.checkpoint_dir is not None and cadence.due():
+            cadence.mark()
+            self._save()
+        for trial in stopped_early:
+            self._end(trial, "early_stopped")
+
+    def _end(self, trial: _Trial, outcome: Outcome, diverged_epoch: int | None = None) -> None:
+        trial.outcome, trial.diverged_epoch = outcome, diverged_epoch
+        if self.on_finish is not None:
+            self.on_finish(trial.index, self._result(trial))
+
+    def _stop(self, positions: Collection[int]) -> None:
+        """End the live trials at ``positions`` (``should_stop``'s answer) as cancelled."""
+        for trial in self.rows:
+            if trial.outcome is None and trial.index in positions:
+                self._end(trial, "cancelled")
+
+    def _interrupted(self) -> bool:
+        """Asked inside an epoch when ``poll`` is due: end the trials stopped now, and say
+        whether none is left to finish the epoch. The rows of trials ended here go on to the
+        epoch's end unrecorded: taking rows out mid-epoch would re-slice every step's columns."""
+        assert self.poll is not None
+        self._stop(set(self.poll.ask()))
+        return all(t.outcome is not None for t in self.rows)
 
     @property
     def epochs_done(self) -> int:
@@ -223,13 +259,55 @@ class _Pack:
         for group in self.groups:
             group.set_flags(self._shadows(group))
 
-    def _epoch(self, epoch: int) -> list[EpochMetrics]:
+    def _epoch(self, epoch: int) -> list[EpochMetrics] | None:
+        """One epoch of every row: each row's metrics, or None when every trial was stopped
+        inside it (``_interrupted``)."""
         started = time.perf_counter()
-        rows, device, data = self.rows, self.device, self.data
-        n_trials, n = len(rows), self.n_train
+        rows, n_trials, n = self.rows, len(self.rows), self.n_train
         hyper, first_lrs = self._hyper()
-        orders = torch.stack([_seeding.epoch_permutation(n, t.spec.seed, epoch) for t in rows]).to(device)
         need_first = [t.state.first_loss is None for t in rows]
+        trained = self._steps(epoch, hyper, any(need_first))
+        if trained is None:
+            return None
+        loss_sum, norms, first = trained
+        train_loss, grad_norm = torch.stack([loss_sum / n, norms]).tolist()  # the epoch's one sync
+        first_losses = first.tolist() if first is not None else [None] * n_trials
+        train_seconds = time.perf_counter() - started
+        val_loss: list[float | None] = [None] * n_trials
+        val_accuracy: list[float | None] = [None] * n_trials
+        if self.data.has_validation:
+            evaluated = self._evaluate()
+            if evaluated is None:
+                return None
+            val_loss = list(evaluated[0])
+            val_accuracy = list(evaluated[1]) if self.classification else [None] * n_trials
+        seconds = time.perf_counter() - started
+        metrics = []
+        for i, trial in enumerate(rows):
+            if need_first[i] and trial.outcome is None:
+                trial.state.first_loss = first_losses[i]
+            metrics.append(
+                EpochMetrics(
+                    epoch=epoch,
+                    train_loss=train_loss[i],
+                    val_loss=val_loss[i],
+                    val_accuracy=val_accuracy[i],
+                    lr=first_lrs[i],
+                    grad_norm=grad_norm[i],
+                    epoch_seconds=seconds,
+                    samples_per_second=n / train_seconds if train_seconds > 0 else float("inf"),
+                )
+            )
+        return metrics
+
+    def _steps(
+        self, epoch: int, hyper: dict[int, Columns], need_first: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """An epoch's optimizer steps for every row: (sum of batch losses, last gradient norms,
+        first batch losses when ``need_first``), on the device; None when ``_interrupted``."""
+        rows, device, data, poll = self.rows, self.device, self.data, self.poll
+        n_trials, n = len(rows), self.n_train
+        orders = torch.stack([_seeding.epoch_permutation(n, t.spec.seed, epoch) for t in rows]).to(device)
         loss_sum = torch.zeros(n_trials, device=device)
         grads = torch.empty_like(self.params)
         weights, grad_views = self.layout.views(self.params), self.layout.views(grads)
@@ -237,6 +315,8 @@ class _Pack:
         norms = torch.zeros(n_trials, device=device)
         first = None
         for step, start in enumerate(range(0, n, self.batch_size)):
+            if poll is not None and poll.due() and self._interrupted():
+                return None
             index = orders[:, start : start + self.batch_size]
             batch = index.shape[1]
             flat = index.reshape(-1)
@@ -253,35 +333,9 @@ class _Pack:
                 for group in self.groups:
                     group.update(self.params, grads, hyper[id(group)].at(step))
                 loss_sum.add_(losses.detach(), alpha=batch)
-                if first is None and any(need_first):
+                if first is None and need_first:
                     first = losses.detach().clone()
-        train_loss, grad_norm = torch.stack([loss_sum / n, norms]).tolist()  # the epoch's one sync
-        first_losses = first.tolist() if first is not None else [None] * n_trials
-        train_seconds = time.perf_counter() - started
-        val_loss: list[float | None] = [None] * n_trials
-        val_accuracy: list[float | None] = [None] * n_trials
-        if data.has_validation:
-            losses_v, accuracy = self._evaluate()
-            val_loss = list(losses_v)
-            val_accuracy = list(accuracy) if self.classification else [None] * n_trials
-        seconds = time.perf_counter() - started
-        metrics = []
-        for i, trial in enumerate(rows):
-            if need_first[i]:
-                trial.state.first_loss = first_losses[i]
-            metrics.append(
-                EpochMetrics(
-                    epoch=epoch,
-                    train_loss=train_loss[i],
-                    val_loss=val_loss[i],
-                    val_accuracy=val_accuracy[i],
-                    lr=first_lrs[i],
-                    grad_norm=grad_norm[i],
-                    epoch_seconds=seconds,
-                    samples_per_second=n / train_seconds if train_seconds > 0 else float("inf"),
-                )
-            )
-        return metrics
+        return loss_sum, norms, first
 
     def _hyper(self) -> tuple[dict[int, Columns], list[float]]:
         """Every group's per-step columns for this epoch, and each trial's learning rate at the
@@ -309,13 +363,15 @@ class _Pack:
         return torch.tensor(values, dtype=self.params.dtype, device=self.device)
 
     @torch.no_grad()
-    def _evaluate(self) -> tuple[list[float], list[float]]:
+    def _evaluate(self) -> tuple[list[float], list[float]] | None:
         data, n_trials = self.data, len(self.rows)
         weights = self.layout.views(self.params)
         n = data.x_val.shape[0]
         total = torch.zeros(n_trials, device=self.device)
         correct = torch.zeros(n_trials, device=self.device, dtype=torch.long)
         for start in range(0, n, EVAL_CHUNK):
+            if self.poll is not None and self.poll.due() and self._interrupted():
+                return None
             xb, yb = self.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
             batch = xb.shape[0]
             output = self.layout.forward(weights, xb.unsqueeze(0).expand(n_trials, -1, -1))
@@ -360,7 +416,7 @@ class _Pack:
                 for t in self.trials
             },
         }
-        _checkpoint.write(self.checkpoint_dir / CHECKPOINT, payload, version=_FORMAT)
+        _checkpoint.write(self.checkpoint_dir / CHECKPOINT, payload, version=_FORMAT, may_write=self.may_checkpoint)
 
     def _restore(self) -> None:
         """Resume from the checkpoint when it holds every trial of this pack (it may hold more)."""

@@ -1,12 +1,13 @@
 """What happens after a trial's epoch, in both training loops: divergence, the epoch's scheduler
-step, early stopping, and when the next checkpoint is due."""
+step, early stopping, when the next checkpoint is due, and when to ask ``should_stop`` inside an
+epoch."""
 
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
@@ -17,6 +18,11 @@ from optim_engine.spec import JobSpec
 
 Verdict = Literal["diverged", "early_stopped"] | None
 """``after_epoch``'s answer: how the trial ends, or None when it goes on."""
+
+STOP_POLL_S = 1.0
+"""How often, in seconds of wall time, the loops ask ``should_stop`` inside an epoch by default."""
+
+T = TypeVar("T")
 
 
 def steps_per_batch(spec: JobSpec) -> bool:
@@ -77,3 +83,42 @@ class CheckpointCadence:
     def mark(self) -> None:
         """Count a checkpoint as written now."""
         self._last = self._clock()
+
+
+class StopPoll(Generic[T]):
+    """When a loop asks ``should_stop`` from inside an epoch: at most every ``every_s`` seconds, so
+    a run stops within about ``every_s`` however long its epochs are.
+
+    ``due`` is called every step and costs a counter decrement: the clock is read only every
+    ``stride`` steps, a stride fitted to the measured step time so that it is read about eight
+    times per ``every_s`` (at most doubling per read, so one fast read cannot overshoot, and at
+    most ``MAX_STRIDE``). A stop is seen at most ``every_s`` plus an eighth of it late.
+    """
+
+    MAX_STRIDE = 1024
+
+    def __init__(
+        self, should_stop: Callable[[], T], every_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.every_s = every_s
+        self._should_stop = should_stop
+        self._clock = clock
+        self._stride = self._left = 1
+        self._read_at = self._asked_at = clock()
+
+    def ask(self) -> T:
+        """Ask ``should_stop`` now (at an epoch boundary, or when ``due``)."""
+        self._asked_at = self._clock()
+        return self._should_stop()
+
+    def due(self) -> bool:
+        """Whether the loop should ``ask`` now; called once per step (or per evaluation chunk)."""
+        self._left -= 1
+        if self._left > 0:
+            return False
+        now = self._clock()
+        per_step = (now - self._read_at) / self._stride
+        fit = int(self.every_s / 8 / per_step) if per_step > 0 else self.MAX_STRIDE
+        self._stride = max(1, min(fit, 2 * self._stride, self.MAX_STRIDE))
+        self._left, self._read_at = self._stride, now
+        return now - self._asked_at >= self.every_s

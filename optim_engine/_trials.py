@@ -8,6 +8,7 @@ from typing import Any
 
 from optim_engine._loop import train
 from optim_engine._packed import train_packed
+from optim_engine._policy import STOP_POLL_S
 from optim_engine.results import EpochMetrics, TrainResult
 from optim_engine.spec import JobSpec
 
@@ -23,6 +24,8 @@ def train_trials(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every_s: float = 0.0,
     num_threads: int | None = None,
+    stop_poll_s: float = STOP_POLL_S,
+    may_checkpoint: Callable[[], bool] | None = None,
 ) -> list[TrainResult]:
     """Train ``specs``, each as its own trial, with the loop that fits: the choice is made here only.
 
@@ -33,17 +36,19 @@ def train_trials(
     Args:
         specs: the trials' specs (``JobSpec`` or dicts that validate as one).
         keys: a stable name per trial; the pack checkpoint is keyed by them.
-        packed: True for the packed loop, False for the plain loop (exactly one spec), None for
-            packed when there is more than one spec.
+        packed: True: the packed loop; False: the plain loop (one spec); None: packed for more.
         on_epoch: called with (trial position, metrics) for each trial's finished epoch, before
             that epoch is checkpointed.
         on_finish: called once per trial with (trial position, result) as soon as it ends.
-        should_stop: polled before each epoch; returns the positions of trials to end as
-            ``cancelled``.
+        should_stop: polled before each epoch and inside epochs at most every ``stop_poll_s``
+            s (keep it cheap); returns the positions of trials to end as ``cancelled``, with
+            their last whole epoch (a partial one is neither reported nor checkpointed).
         checkpoint_dir: resume from the checkpoint there (``checkpoint.pt``, or ``pack.pt`` for a
             pack) and write one after epochs.
         checkpoint_every_s: skip a checkpoint when the last one is younger than this.
         num_threads: torch intra-op threads (default: ``OPTIMLAB_TORCH_THREADS``).
+        stop_poll_s: the most wall time between two ``should_stop`` polls (0: every step).
+        may_checkpoint: asked right before a checkpoint is put in place; False skips it.
 
     Returns:
         One ``TrainResult`` per spec, in the order given.
@@ -52,24 +57,22 @@ def train_trials(
         ValueError: ``packed`` is False and there is not exactly one spec, ``keys`` does not name
             each trial once, or the specs cannot be packed.
     """
-    if packed is None:
-        packed = len(specs) > 1
-    if packed:
+    control: dict[str, Any] = {
+        "checkpoint_dir": checkpoint_dir,
+        "checkpoint_every_s": checkpoint_every_s,
+        "num_threads": num_threads,
+        "stop_poll_s": stop_poll_s,
+        "may_checkpoint": may_checkpoint,
+    }
+    if packed or (packed is None and len(specs) > 1):
         return train_packed(
-            specs,
-            keys=keys,
-            on_epoch=on_epoch,
-            on_finish=on_finish,
-            should_stop=should_stop,
-            checkpoint_dir=checkpoint_dir,
-            checkpoint_every_s=checkpoint_every_s,
-            num_threads=num_threads,
+            specs, keys=keys, on_epoch=on_epoch, on_finish=on_finish, should_stop=should_stop, **control
         )
     if len(specs) != 1:
         raise ValueError(f"packed=False trains exactly one spec; got {len(specs)} (pass packed=True to pack them)")
     if keys is not None and len(keys) != 1:
         raise ValueError("keys: give one distinct key per spec")
-    return [_train_alone(specs[0], on_epoch, on_finish, should_stop, checkpoint_dir, checkpoint_every_s, num_threads)]
+    return [_train_alone(specs[0], on_epoch, on_finish, should_stop, control)]
 
 
 def _train_alone(
@@ -77,18 +80,15 @@ def _train_alone(
     on_epoch: Callable[[int, EpochMetrics], None] | None,
     on_finish: Callable[[int, TrainResult], None] | None,
     should_stop: Callable[[], Collection[int]] | None,
-    checkpoint_dir: str | Path | None,
-    checkpoint_every_s: float,
-    num_threads: int | None,
+    control: dict[str, Any],
 ) -> TrainResult:
-    """``train`` behind ``train_packed``'s callbacks, for the trial at position 0."""
+    """``train`` behind ``train_packed``'s callbacks, for the trial at position 0; ``control``
+    holds the keyword arguments both loops take alike."""
     result = train(
         spec,
         on_epoch=(lambda metrics: on_epoch(0, metrics)) if on_epoch is not None else None,
         should_stop=(lambda: 0 in should_stop()) if should_stop is not None else None,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every_s=checkpoint_every_s,
-        num_threads=num_threads,
+        **control,
     )
     if on_finish is not None:
         on_finish(0, result)

@@ -26,6 +26,19 @@ class EngineSettings(BaseSettings):
         default=False,
         description="Let torchvision download MNIST/FashionMNIST/CIFAR-10 into data_dir when missing.",
     )
+    max_file_bytes: int = Field(
+        default=512 << 20,
+        ge=1,
+        description=(
+            "Largest dataset file (npz or csv) the host check reads, and largest array inside an npz "
+            "once inflated: bigger is a 422 at dataset.params.path, before anything is loaded."
+        ),
+    )
+    max_outputs: int = Field(
+        default=100_000,
+        ge=2,
+        description="Most model outputs (classes or targets); a file's class label must be below it.",
+    )
     torch_threads: int = Field(
         default=1,
         ge=0,

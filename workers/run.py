@@ -19,15 +19,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transitions
-from service.db.models import JobStatus
+from service.db.models import Job, JobStatus
 from service.settings import Settings
 from service.spec_codec import load_spec
-from workers.app import GPUS_ENV
+from workers import shutdown
+from workers.app import GPUS_ENV, wait_for_torch
 from workers.database import DatabaseLost, with_db
-from workers.writer import OUTCOME_STATUS, Attempts, Writer, finish_details
+from workers.writer import OUTCOME_STATUS, RELEASED, Attempts, Writer, finish_details
 
 log = logging.getLogger("optimlab.worker")
 
@@ -39,40 +41,69 @@ def worker_name() -> str:
 def execute(job_ids: list[int], sessions: sessionmaker[Session], settings: Settings) -> str:
     """Run the claimable jobs of ``job_ids`` to terminal statuses; returns a summary such as
     ``"succeeded=3 diverged=1"``, or ``"skipped"`` when none was claimable (finished, cancelled,
-    or owned by a live worker: redelivered and duplicate tasks end here).
+    or owned by a live worker: redelivered and duplicate tasks end here). A worker shutdown hands
+    the jobs back (``released``); ``lost`` counts jobs another attempt took over.
 
     Raises ``DatabaseLost`` when the claim itself could not be made: the caller must not
     acknowledge the task away.
     """
-    claim = partial(transitions.claim, job_ids=job_ids, worker=worker_name(), stale_after_s=settings.stale_after_s)
+    worker = worker_name()
+    claim = partial(transitions.claim, job_ids=job_ids, worker=worker, stale_after_s=settings.stale_after_s)
     claims = with_db(sessions, claim, settings.database_retry_s)
     if not claims:
         log.info("jobs %s: not claimable (finished, cancelled, missing or owned by a live worker)", job_ids)
         return "skipped"
-    attempts = Attempts(claims, sessions, settings.database_retry_s)
+    fresh_s = settings.stop_within_s / 2
+    attempts = Attempts(claims, sessions, settings.database_retry_s, worker=worker, fresh_s=fresh_s)
     pack_id = claims[0].pack_id
     log.info("jobs %s: starting (%s)", [c.job_id for c in claims], f"pack {pack_id}" if pack_id else "alone")
     checkpoint_dir = settings.resolved_checkpoint_dir() / (f"pack-{pack_id}" if pack_id else str(claims[0].job_id))
     try:
-        with _beating(attempts, settings.heartbeat_interval_s):
+        with _beating(attempts, settings.heartbeat_interval_s, settings.stop_within_s / 4):
             statuses = _train(claims, attempts, settings, checkpoint_dir)
     except DatabaseLost as exc:
         log.error("jobs %s: %s; leaving them to be requeued", sorted(attempts.live()), exc)
         return "database_lost"
-    lost = [job_id for job_id, job in attempts.jobs.items() if job.lost and not job.finished]
+    lost = attempts.lost()
     if lost:
         log.warning("jobs %s lost ownership; they wrote no result", lost)
-    elif not settings.keep_checkpoints:
+    released = sorted(job_id for job_id, status in statuses.items() if status == RELEASED)
+    if released:
+        log.info(
+            "jobs %s handed back to the queue (worker shutting down); they resume from their last checkpoint", released
+        )
+    if not settings.keep_checkpoints and _checkpoint_done(claims, statuses, sessions, settings):
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     counts = Counter(statuses.values()) + Counter({"lost": len(lost)} if lost else {})
     return " ".join(f"{name}={n}" for name, n in sorted(counts.items()))
 
 
+def _checkpoint_done(
+    claims: list[transitions.Claim], statuses: dict[int, str], sessions: sessionmaker[Session], settings: Settings
+) -> bool:
+    """Whether the task's checkpoint folder may go: this attempt wrote the final status of every
+    job it claimed (none lost, none handed back to resume from it), and no other job of its pack
+    is still queued or running elsewhere (it would resume from the same folder)."""
+    if any(statuses.get(c.job_id) in (None, RELEASED) for c in claims):
+        return False
+    pack_id = claims[0].pack_id
+    if pack_id is None:
+        return True
+    unfinished = select(func.count()).where(
+        Job.pack_id == pack_id, Job.status.in_([JobStatus.queued, JobStatus.running])
+    )
+    try:
+        return with_db(sessions, lambda session: session.scalar(unfinished) == 0, settings.database_retry_s)
+    except DatabaseLost:
+        return False
+
+
 @contextmanager
-def _beating(attempts: Attempts, interval: float) -> Iterator[None]:
-    """Heartbeat the task's jobs on a daemon thread for the duration of the block."""
+def _beating(attempts: Attempts, interval: float, poll_s: float) -> Iterator[None]:
+    """Heartbeat the task's jobs (and read their flags every ``poll_s``) on a daemon thread for
+    the duration of the block."""
     stop = threading.Event()
-    thread = threading.Thread(target=attempts.heartbeat, args=(interval, stop), daemon=True)
+    thread = threading.Thread(target=attempts.heartbeat, args=(interval, poll_s, stop), daemon=True)
     thread.start()
     try:
         yield
@@ -82,6 +113,7 @@ def _beating(attempts: Attempts, interval: float) -> Iterator[None]:
 
 
 def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settings, ckpt: Path) -> dict[int, str]:
+    wait_for_torch()
     from optim_engine import resolve_device, train_trials  # torch is imported here, in the worker only
 
     specs, job_ids, statuses = _trainable(claims, attempts)
@@ -97,7 +129,11 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
     writer.start()
 
     def on_finish(i: int, result: Any) -> None:
-        writer.finish(job_ids[i], OUTCOME_STATUS[result.outcome], **finish_details(result))
+        job_id = job_ids[i]
+        if result.outcome == "cancelled" and shutdown.requested() and not attempts.jobs[job_id].cancel_requested:
+            writer.hand_back(job_id, **finish_details(result))
+        else:
+            writer.finish(job_id, OUTCOME_STATUS[result.outcome], **finish_details(result))
 
     try:
         if failure is not None:
@@ -112,6 +148,8 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
             checkpoint_dir=ckpt,
             checkpoint_every_s=settings.checkpoint_every_s,
             num_threads=settings.torch_threads,
+            stop_poll_s=settings.stop_within_s / 4,
+            may_checkpoint=attempts.may_checkpoint,
         )
     except Exception as exc:
         log.exception("jobs %s failed", job_ids)

@@ -25,7 +25,7 @@ def run(job_ids: list[int]) -> str:
     """Celery entry point; returns what became of the jobs. A claim that could not be written
     (the database is down) sends the message back to the broker instead of acknowledging it."""
     settings = get_settings()
-    sessions = session_factory(settings.resolved_database_url(), os.getpid())
+    sessions = session_factory(settings.resolved_database_url(), os.getpid(), settings.stale_after_s / 2)
     try:
         return execute([int(job_id) for job_id in job_ids], sessions, settings)
     except DatabaseLost as exc:
@@ -42,7 +42,7 @@ def run_job(job_id: int) -> str:
 def run_pack(pack_id: str) -> str:
     """A message from before the one job path: a pack, named by its id."""
     settings = get_settings()
-    sessions = session_factory(settings.resolved_database_url(), os.getpid())
+    sessions = session_factory(settings.resolved_database_url(), os.getpid(), settings.stale_after_s / 2)
 
     def members(session: Session) -> list[int]:
         return list(session.scalars(select(Job.id).where(Job.pack_id == pack_id).order_by(Job.id)))

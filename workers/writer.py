@@ -1,7 +1,8 @@
 """What a task writes while its jobs train: epoch rows, final statuses and heartbeats.
 
 A task owns 1..N claimed jobs (one job is a pack of one). ``Attempts`` tracks, per job, whether
-this attempt still owns it and whether the user asked it to stop, learned from every write. The
+this attempt still owns it and whether the user asked it to stop, learned from every write and
+from the heartbeat thread's reads. The
 ``Writer`` thread writes rows and final statuses off the training thread, one transaction per
 flush; a job's final status goes in the same transaction as its last rows, and the summary is
 derived from the stored rows (``service.db.epochs``).
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import epochs, transitions
 from service.db.models import JobStatus
+from workers import shutdown
 from workers.database import DatabaseLost, with_db
 
 log = logging.getLogger("optimlab.worker")
@@ -32,8 +34,12 @@ OUTCOME_STATUS = {
     "cancelled": JobStatus.cancelled,
 }
 
-FRESH_FLAG_S = 1.0
-"""Flags older than this are read from the database again at an epoch boundary (long epochs)."""
+FRESH_FLAG_S = 2.5
+"""Default of how old the flags may be before ``Attempts`` reads them again itself (``execute``
+passes ``OPTIMLAB_STOP_WITHIN_S / 2``); the heartbeat thread normally keeps them younger."""
+
+RELEASED = "released"
+"""A job handed back to the queue (worker shutdown): not a status of its own, it is queued again."""
 
 
 @dataclass
@@ -41,23 +47,45 @@ class _Owned:
     attempt: int
     lost: bool = False
     cancel_requested: bool = False
-    finished: bool = False  # its final status is written
+    finished: bool = False  # its final status is written, or it was handed back
 
 
 class Attempts:
-    """This task's claimed jobs, and what the database last said about each."""
+    """This task's claimed jobs, and what the database last said about each.
 
-    def __init__(self, claims: list[transitions.Claim], sessions: sessionmaker[Session], budget_s: float) -> None:
+    The training thread polls ``stopping`` about every second, and asks ``may_checkpoint``
+    before each checkpoint; both answer from the flags in memory, which the heartbeat thread
+    reads again every few seconds, and read the database themselves only when those flags are
+    older than ``fresh_s`` (the heartbeat thread is behind, or the whole process was frozen).
+    ``fresh_s`` must stay well under ``stale_after_s`` minus the heartbeat interval: flags that
+    young prove no other attempt can have taken a job over.
+    """
+
+    def __init__(
+        self,
+        claims: list[transitions.Claim],
+        sessions: sessionmaker[Session],
+        budget_s: float,
+        *,
+        worker: str | None = None,
+        fresh_s: float = FRESH_FLAG_S,
+    ) -> None:
         self.jobs = {c.job_id: _Owned(c.attempt) for c in claims}
         self.database_error: DatabaseLost | None = None
         self.learned_at = time.monotonic()
         self.sessions = sessions
         self.budget_s = budget_s
+        self.worker = worker
+        self.fresh_s = fresh_s
 
     def learn(self, ownerships: dict[int, transitions.Ownership]) -> None:
+        """Take in what a write or read found; callers pass every live job, so ``learned_at``
+        dates all the flags."""
         for job_id, ownership in ownerships.items():
             job = self.jobs[job_id]
-            if not job.finished:
+            if ownership.finished is not None:
+                job.finished = True  # this attempt's own final write, seen before its writer noted it
+            elif not job.finished:
                 job.lost = job.lost or not ownership.owned
                 job.cancel_requested = job.cancel_requested or ownership.cancel_requested
         self.learned_at = time.monotonic()
@@ -66,26 +94,54 @@ class Attempts:
         """Attempt numbers of the jobs still training here."""
         return {job_id: j.attempt for job_id, j in self.jobs.items() if not (j.lost or j.finished)}
 
-    def stopping(self, job_ids: list[int]) -> set[int]:
-        """Positions in ``job_ids`` of the trials to end now (lost, or cancel requested); all of
-        them when the database is gone. Called at each epoch boundary."""
-        if time.monotonic() - self.learned_at > FRESH_FLAG_S and self.database_error is None:
+    def lost(self) -> list[int]:
+        """The jobs another attempt took over (or the reaper requeued) before this one ended them."""
+        return [job_id for job_id, job in self.jobs.items() if job.lost and not job.finished]
+
+    def read(self, session: Session, *, beat: bool = False) -> None:
+        """Learn every live job's flags in ``session``'s transaction; with ``beat``, by writing
+        their heartbeat, else by a read (no write: cheap to do every second or so)."""
+        look = transitions.heartbeat if beat else transitions.ownership
+        self.learn(look(session, self.live(), worker=self.worker))
+
+    def refresh(self) -> bool:
+        """Read the flags now if they are older than ``fresh_s``; False once the database is lost."""
+        if self.database_error is None and time.monotonic() - self.learned_at > self.fresh_s:
             try:
-                self.learn(with_db(self.sessions, partial(transitions.heartbeat, attempts=self.live()), self.budget_s))
+                with_db(self.sessions, self.read, self.budget_s)
             except DatabaseLost as exc:
                 self.database_error = exc
-        if self.database_error is not None:
+        return self.database_error is None
+
+    def stopping(self, job_ids: list[int]) -> set[int]:
+        """Positions in ``job_ids`` of the trials to end now: lost or cancel requested; all of
+        them when the worker shuts down or the database is gone."""
+        if shutdown.requested() or not self.refresh():
             return set(range(len(job_ids)))
         return {i for i, job_id in enumerate(job_ids) if self.jobs[job_id].lost or self.jobs[job_id].cancel_requested}
 
-    def heartbeat(self, interval: float, stop: threading.Event) -> None:
-        """Prove the worker lives, and pick up cancel requests during a long epoch (a thread)."""
-        while not stop.wait(interval):
+    def may_checkpoint(self) -> bool:
+        """Whether this attempt may still write its jobs' checkpoint: it owns every job it has
+        not finished, by flags read just now if they were stale. A checkpoint from an attempt
+        that lost a job (a worker frozen past ``stale_after_s``) would overwrite the newer one of
+        the attempt that took it over, or litter a folder that attempt already removed."""
+        return self.refresh() and not self.lost()
+
+    def heartbeat(self, interval: float, poll_s: float, stop: threading.Event) -> None:
+        """The heartbeat thread: every ``poll_s`` read the flags (cancel requests, ownership)
+        that ``stopping`` answers from, and every ``interval`` write the heartbeat instead, which
+        proves the worker lives."""
+        beaten = time.monotonic()
+        while not stop.wait(min(poll_s, interval)):
+            beat = time.monotonic() - beaten >= interval
             try:
                 with self.sessions() as session, session.begin():
-                    self.learn(transitions.heartbeat(session, self.live()))
+                    self.read(session, beat=beat)
             except DBAPIError as exc:
                 log.warning("heartbeat of jobs %s failed: %s", sorted(self.live()), exc.orig)
+                continue
+            if beat:
+                beaten = time.monotonic()
 
 
 def finish_details(result: Any) -> dict[str, Any]:
@@ -100,7 +156,8 @@ def finish_details(result: Any) -> dict[str, Any]:
     }
 
 
-Finish = tuple[JobStatus, dict[str, Any]]
+Finish = tuple[JobStatus | None, dict[str, Any]]
+"""A job's final write: its status (None: hand it back to the queue) and ``finish``'s details."""
 
 
 class Writer(threading.Thread):
@@ -128,6 +185,13 @@ class Writer(threading.Thread):
         """Queue a job's final write (status, then ``transitions.finish``'s keyword arguments)."""
         with self._wake:
             self._finishes.setdefault(job_id, (status, details))
+            self._wake.notify()
+
+    def hand_back(self, job_id: int, **details: Any) -> None:
+        """Queue a job's release to the queue (``transitions.release``) as its final write; a job
+        whose cancel was asked meanwhile is finished as cancelled, with ``details``, instead."""
+        with self._wake:
+            self._finishes.setdefault(job_id, (None, details))
             self._wake.notify()
 
     def fail_unfinished(self, job_ids: list[int], error: str) -> None:
@@ -189,16 +253,23 @@ class Writer(threading.Thread):
         it learned and which jobs it finished, applied by the caller once the transaction
         committed (a retried transaction runs this again)."""
         live = self._attempts.live()
-        touched = set(rows) | set(finishes) | (set(live) if device else set())
-        ownerships = transitions.heartbeat(session, {j: live[j] for j in sorted(touched) if j in live}, device=device)
+        ownerships = transitions.heartbeat(session, live, worker=self._attempts.worker, device=device)
         owned = [job_id for job_id, o in ownerships.items() if o.owned]
         before_resume = {j: finishes[j][1].get("before_resume", []) for j in owned if j in finishes}
         epochs.record(session, {j: before_resume.get(j, []) + rows.get(j, []) for j in owned})
-        epochs.refresh_summary(session, [j for j in owned if j in rows and j not in finishes])
         finished: dict[int, str] = {}
         for job_id in (j for j in owned if j in finishes):
             status, details = finishes[job_id]
+            if status is None:  # a hand-back, unless the user asked to cancel it meanwhile
+                if not ownerships[job_id].cancel_requested and transitions.release(session, {job_id: live[job_id]}):
+                    finished[job_id] = RELEASED
+                    continue
+                status = JobStatus.cancelled
             extra = {k: v for k, v in details.items() if k != "before_resume"}
-            if transitions.finish(session, job_id, live[job_id], status, **extra):
+            if transitions.finish(session, job_id, live[job_id], status, **extra):  # summarizes it too
                 finished[job_id] = str(status)
+        epochs.refresh_summary(session, [j for j in owned if j in rows and finished.get(j, RELEASED) == RELEASED])
+        for job_id, ownership in ownerships.items():
+            if ownership.finished is not None and job_id in finishes:  # an earlier try of this one committed
+                finished[job_id] = str(ownership.finished)
         return ownerships, finished

@@ -3,12 +3,14 @@
 Pure pydantic, no torch, so the API validates with exactly the schema the workers train from.
 Models, datasets, losses, optimizers and schedulers are discriminated unions on ``name``; each
 variant's params mirror the torch constructor they build (a test holds them to the installed
-torch). Validation reads the spec alone; what the host must provide is ``host_problems``'s.
+torch). Validation reads the spec alone; what the host must provide is ``host_problems``'s;
+what a run would cost (parameters, memory, steps) is ``estimate``'s.
 """
 
 from __future__ import annotations
 
 from optim_engine.spec._base import StrictModel, variant_names
+from optim_engine.spec.cost import Cost, CostLimits, cost_problems, estimate, parameter_count
 from optim_engine.spec.datasets import (
     CsvDataset,
     CsvParams,
@@ -28,7 +30,7 @@ from optim_engine.spec.datasets import (
     static_info,
 )
 from optim_engine.spec.errors import SPEC_ERROR, FieldProblem, error_details
-from optim_engine.spec.host import dataset_info, file_arrays, host_problems
+from optim_engine.spec.host import dataset_info, file_arrays, file_shape, host_problems
 from optim_engine.spec.job import DivergencePolicy, EarlyStopping, JobSpec
 from optim_engine.spec.losses import (
     BCEWithLogitsLoss,
@@ -69,6 +71,8 @@ __all__ = [
     "BCEWithLogitsLoss",
     "CNNModel",
     "CNNParams",
+    "Cost",
+    "CostLimits",
     "CrossEntropyLoss",
     "CsvDataset",
     "CsvParams",
@@ -104,11 +108,15 @@ __all__ = [
     "Task",
     "VisionDataset",
     "VisionParams",
+    "cost_problems",
     "dataset_info",
     "error_details",
+    "estimate",
     "file_arrays",
+    "file_shape",
     "host_problems",
     "output_size",
+    "parameter_count",
     "static_info",
     "variant_names",
 ]

@@ -43,7 +43,8 @@ def reject_known(rejected: Mapping[str, str], kind: str) -> Any:
     """
 
     def check(value: Any) -> Any:
-        if isinstance(value, dict) and value.get("name") in rejected:
+        name = value.get("name") if isinstance(value, dict) else None
+        if isinstance(name, str) and name in rejected:  # a non-string name is the discriminator's to reject
             raise spec_error(f"{kind} {value['name']!r} is not supported: {rejected[value['name']]}")
         return value
 

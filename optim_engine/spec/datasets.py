@@ -87,7 +87,7 @@ class NpzParams(FileParams):
 
 class CsvParams(FileParams):
     target: str | int = Field(default=-1, description="Target column: a header name or an index (-1: last).")
-    delimiter: str = ","
+    delimiter: str = Field(default=",", min_length=1, max_length=1, description="One character.")
     header: bool = True
 
 

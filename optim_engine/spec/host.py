@@ -2,7 +2,9 @@
 
 The one place where whether a spec can train depends on the machine. ``host_problems`` is
 called by the API at submission and by the worker before training; the engine's builders read
-file datasets' shapes through ``dataset_info``. (A plugin that failed to load is not here: a
+file datasets' shapes through ``dataset_info``. Both inspect a file (``file_shape``: headers,
+row counts, the targets' range, under size caps) rather than load it; only the worker's
+builder loads one (``file_arrays``). (A plugin that failed to load is not here: a
 spec naming it cannot even be parsed, so validation rejects it; see ``PLUGIN_ERRORS``.)
 """
 
@@ -27,31 +29,64 @@ def resolve_root(data_root: Path | str | None = None) -> Path:
 
 
 def file_arrays(dataset: FileDataset, root: Path) -> _data_files.ArrayData:
-    """Read a file dataset's arrays (cached by path, mtime and size; shared with the builder)."""
+    """Load a file dataset's arrays: the worker's builder, once the host check has passed
+    (cached by path, mtime and size)."""
     path = _data_files.resolve_data_path(dataset.params.path, root)
     if isinstance(dataset, NpzDataset):
         return _data_files.load_npz(path, dataset.params.x_key, dataset.params.y_key)
     return _data_files.load_csv(path, dataset.params.target, dataset.params.delimiter, dataset.params.header)
 
 
+def file_shape(dataset: FileDataset, root: Path) -> _data_files.FileShape:
+    """Inspect a file dataset's file without loading its features: array shapes and the targets'
+    range, under the ``max_file_bytes`` cap (cached by path, mtime and size)."""
+    path = _data_files.resolve_data_path(dataset.params.path, root)
+    max_bytes = get_settings().max_file_bytes
+    if isinstance(dataset, NpzDataset):
+        return _data_files.inspect_npz(path, dataset.params.x_key, dataset.params.y_key, max_bytes)
+    params = dataset.params
+    return _data_files.inspect_csv(path, params.target, params.delimiter, params.header, max_bytes)
+
+
 def _file_info(dataset: FileDataset, root: Path) -> DatasetInfo:
-    arrays = file_arrays(dataset, root)
-    x, y = arrays.x, arrays.y
-    if x.ndim < 2 or x.shape[0] < 2:
-        raise _data_files.DataFileError(f"features must have shape (n_samples >= 2, n_features), got {x.shape}")
-    if y.shape[0] != x.shape[0]:
-        raise _data_files.DataFileError(f"{x.shape[0]} feature rows but {y.shape[0]} targets")
-    if not (x.dtype.kind in "fiub" and y.dtype.kind in "fiub"):
+    shape = file_shape(dataset, root)
+    x, y = shape.x_shape, shape.y_shape
+    if not shape.numeric:
         raise _data_files.DataFileError("features and targets must be numeric")
-    n_features = int(math.prod(x.shape[1:]))
+    if len(x) < 2 or x[0] < 2 or math.prod(x[1:]) == 0:
+        raise _data_files.DataFileError(f"features must have shape (n_samples >= 2, n_features >= 1), got {x}")
+    if not y or y[0] != x[0]:
+        raise _data_files.DataFileError(f"{x[0]} feature rows but targets of shape {y}")
+    # The param that picks the targets: where a bad target value is the spec's to fix.
+    target = "y_key" if isinstance(dataset, NpzDataset) else "target"
+    if shape.targets is not None and not shape.targets.finite:
+        raise _data_files.DataFileError("targets must be finite; the file has nan or inf targets", param=target)
+    n_features = math.prod(x[1:])
     if dataset.params.task == "classification":
-        if y.ndim != 1 or (y.dtype.kind == "f" and not (y == y.round()).all()) or y.min() < 0:
-            message = "classification targets must be a 1-D array of class indices 0..K-1"
-            raise _data_files.DataFileError(message, param="task")
-        n_classes = max(int(y.max()) + 1, 2)
-        return DatasetInfo(task="classification", n_features=n_features, n_outputs=n_classes, n_samples=x.shape[0])
-    n_targets = 1 if y.ndim == 1 else int(math.prod(y.shape[1:]))
-    return DatasetInfo(task="regression", n_features=n_features, n_outputs=n_targets, n_samples=x.shape[0])
+        n_classes = _class_count(shape, target)
+        return DatasetInfo(task="classification", n_features=n_features, n_outputs=n_classes, n_samples=x[0])
+    n_targets = math.prod(y[1:])
+    return DatasetInfo(task="regression", n_features=n_features, n_outputs=n_targets, n_samples=x[0])
+
+
+def _class_count(shape: _data_files.FileShape, target: str) -> int:
+    """Classes a file's labels imply: labels are class indices 0..K-1, K under ``max_outputs``
+    (a label of 1e12 would otherwise build a model with 1e12 outputs)."""
+    labels = shape.targets
+    if len(shape.y_shape) != 1 or labels is None or not labels.integral:
+        message = "classification targets must be a 1-D array of class indices 0..K-1"
+        raise _data_files.DataFileError(message, param="task")
+    if labels.low < 0:
+        message = f"class labels must be non-negative integers; the file has {labels.low:g}"
+        raise _data_files.DataFileError(message, param=target)
+    cap = get_settings().max_outputs
+    if labels.high >= cap:
+        message = (
+            f"the largest class label is {labels.high:g}: more classes than this server's cap "
+            f"of {cap} outputs (OPTIMLAB_MAX_OUTPUTS)"
+        )
+        raise _data_files.DataFileError(message, param=target)
+    return max(int(labels.high) + 1, 2)
 
 
 def dataset_info(dataset: Any, root: Path | None = None) -> DatasetInfo:
@@ -92,7 +127,8 @@ def host_problems(spec: JobSpec, data_root: Path | None = None) -> list[FieldPro
     """Every problem this host has with ``spec``; empty when it can train it here.
 
     Checks what validation cannot, because it depends on the machine: a file dataset's file
-    (inside the data root, readable, well formed) and the rules that need its shape (model in/out
+    (inside the data root, readable, well formed, under ``max_file_bytes``, class labels below
+    ``max_outputs``; inspected, never loaded) and the rules that need its shape (model in/out
     features, loss vs classes, early stopping's validation set); vision files (unless they can
     be downloaded); the optimizer's extra. ``data_root`` None means the settings' data directory.
     """

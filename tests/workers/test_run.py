@@ -259,6 +259,38 @@ def test_the_worker_parent_process_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_a_pool_child_reports_ready_before_torch_is_imported() -> None:
+    """Celery kills a child that is not up within 4 s: the start-up hook pins the GPU, then
+    imports torch on a thread (here an import made to take 3 s) and returns at once."""
+    import subprocess
+    import sys
+
+    code = """
+import importlib.abc, os, sys, time
+
+class SlowTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            time.sleep(3)
+        return None
+
+sys.meta_path.insert(0, SlowTorch())
+os.environ["OPTIMLAB_WORKER_GPUS"] = "3"
+import workers.app as app
+started = time.monotonic()
+app._pin_and_warm()
+returned = time.monotonic() - started
+pinned = os.environ.get("CUDA_VISIBLE_DEVICES")
+app.wait_for_torch()
+print(returned, pinned, "torch" in sys.modules, time.monotonic() - started)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    returned, pinned, imported, waited = out.stdout.split()
+    assert float(returned) < 1.0  # ready at once
+    assert (pinned, imported) == ("3", "True")  # pinned before the import began; imported by wait_for_torch
+    assert float(waited) >= 3.0
+
+
 def test_a_worker_on_an_undeclared_queue_fails_loudly(tmp_path: Path) -> None:
     import os
     import subprocess
@@ -271,10 +303,10 @@ def test_a_worker_on_an_undeclared_queue_fails_loudly(tmp_path: Path) -> None:
     assert "'gpuu' isn't" in result.stdout + result.stderr
 
 
-def test_a_stale_cancel_flag_is_read_from_the_database_at_the_epoch_boundary(
+def test_a_stale_cancel_flag_is_read_from_the_database_when_polled(
     sessions: sessionmaker[Session],
 ) -> None:
-    """Long epochs: the flag the writer last saw is old, so the boundary check asks the database."""
+    """The flags the heartbeat thread last read are old (it is behind), so the poll asks the database."""
     job_id = create(sessions, seed_spec({"name": "sgd"}))
     with sessions() as session, session.begin():
         (claimed,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
