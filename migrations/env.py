@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import event, pool
 
 from service.db.models import Base
 from service.db.session import make_engine
@@ -31,8 +33,16 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _foreign_keys_off(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA foreign_keys=OFF")
+
+
 def run_migrations_online() -> None:
     engine = make_engine(_url(), poolclass=pool.NullPool)
+    if engine.dialect.name == "sqlite":
+        # Batch mode alters a table by copying it and dropping the old one; with foreign keys on,
+        # that DROP cascades to every row referencing it (SQLite's advice: turn them off to alter).
+        event.listen(engine, "connect", _foreign_keys_off)
     with engine.connect() as connection:
         context.configure(
             connection=connection,

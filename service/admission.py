@@ -1,11 +1,16 @@
-"""What a spec must pass at submission beyond its schema: this server's resource caps and what
-this host can provide (data files, extras, plugins). Jobs and sweeps both check here."""
+"""What a spec must pass at submission beyond its schema: this server's resource caps (per field,
+and on what a run would cost: parameters, memory, dataset bytes, outputs, steps) and what this
+host can provide (data files, extras, plugins). Jobs and sweeps (every trial) both check here.
+
+Called from sync routes, so FastAPI runs it in its threadpool: inspecting a large data file
+never blocks the event loop (``/healthz`` answers meanwhile). Keep it sync.
+"""
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from optim_engine.spec import JobSpec, host_problems
+from optim_engine.spec import CostLimits, DatasetInfo, JobSpec, cost_problems, dataset_info, host_problems, static_info
 from service.errors import InvalidFields, field_error
 from service.settings import Settings
 
@@ -21,8 +26,36 @@ class SpecProblem(NamedTuple):
 def spec_problems(spec: JobSpec, settings: Settings) -> list[SpecProblem]:
     """The resource caps the spec exceeds and what this host lacks for it; empty when accepted."""
     caps = [SpecProblem(loc, msg, "resource_cap") for loc, msg in cap_problems(spec, settings)]
-    host = [SpecProblem(loc, msg, "unavailable_on_host") for loc, msg in host_problems(spec, settings.data_dir)]
+    host_found = host_problems(spec, settings.data_dir)
+    host = [SpecProblem(loc, msg, "unavailable_on_host") for loc, msg in host_found]
+    try:
+        info = _shape(spec, settings, host_found)
+    except ValueError as exc:  # DataFileError: the file changed since the host check read it
+        host.append(SpecProblem(("dataset", "params", getattr(exc, "param", "path")), str(exc), "unavailable_on_host"))
+        info = None
+    if info is not None:
+        caps += [SpecProblem(loc, msg, "resource_cap") for loc, msg in cost_problems(spec, info, limits(settings))]
     return caps + host
+
+
+def limits(settings: Settings) -> CostLimits:
+    """This server's bounds on what one run may cost."""
+    return CostLimits(
+        max_parameters=settings.max_parameters,
+        max_model_bytes=settings.max_model_bytes,
+        max_dataset_bytes=settings.max_dataset_bytes,
+        max_outputs=settings.max_outputs,
+        max_steps=settings.max_steps,
+    )
+
+
+def _shape(spec: JobSpec, settings: Settings, host: list[tuple[tuple[str, ...], str]]) -> DatasetInfo | None:
+    """The dataset's shape for the cost caps: the spec's, or the file's as the host check just
+    inspected it (cached); None when the file could not be inspected (the host check says why)."""
+    info = static_info(spec.dataset)
+    if info is not None or any(loc[:1] == ("dataset",) for loc, _ in host):
+        return info
+    return dataset_info(spec.dataset, settings.data_dir)
 
 
 def check_spec(spec: JobSpec, settings: Settings) -> None:

@@ -5,7 +5,7 @@ validated with the engine's torch-free schema, and only the dispatcher talks to 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,17 +14,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from optim_engine.spec import error_details
 from service import broker
+from service.auth.router import router as keys_router
+from service.auth.service import check_configuration
 from service.catalog.router import router as catalog_router
 from service.db.session import make_engine, make_session_factory
-from service.deps import require_key
+from service.deps import get_principal
 from service.dispatcher import Dispatcher
 from service.errors import OptimlabError, field_error
 from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
-from service.schemas import ERROR_RESPONSES
+from service.limits import BodyLimits, invalid_json_detail
+from service.schemas import APP_ERROR_RESPONSES, ERROR_RESPONSES
 from service.settings import Settings, get_settings
 from service.sweeps.router import router as sweeps_router
 
@@ -32,21 +36,46 @@ log = logging.getLogger("optimlab.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; the database engine, Celery producer and dispatcher live as long as it does."""
+    """Build the app; the database engine, Celery producer and dispatcher live as long as it does.
+    An auth configuration that would open the API by mistake raises ``ConfigurationError`` here,
+    before anything serves."""
+    settings = settings or get_settings()
+    check_configuration(settings)
     app = FastAPI(
         title="optimlab",
         version="0.1.0",
         description="Submit PyTorch training jobs and query every epoch's metrics.",
         lifespan=_lifespan,
+        responses=APP_ERROR_RESPONSES,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings
+    app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
     _install_error_handlers(app)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)], responses=ERROR_RESPONSES)
-    for router in (jobs_router, sweeps_router, catalog_router):
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES)
+    for router in (jobs_router, sweeps_router, catalog_router, keys_router):
         v1.include_router(router)
     app.include_router(health_router)
     app.include_router(v1)
+    if settings.auth != "keys":
+        app.openapi = _without_security(app)  # type: ignore[method-assign]
     return app
+
+
+def _without_security(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document of an app with auth off: no operation needs a key, so none declares
+    one (a declared bearer scheme would tell clients, and schemathesis, to expect 401s)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = FastAPI.openapi(app)
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.pop("security", None)
+            document.get("components", {}).pop("securitySchemes", None)
+            return document
+        return app.openapi_schema
+
+    return openapi
 
 
 @asynccontextmanager
@@ -69,6 +98,15 @@ def _validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return [field_error(error["loc"], error["msg"], error["type"]) for error in error_details(errors)]
 
 
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (GET and POST /v1/jobs are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(OptimlabError)
     async def _domain(_request: Request, exc: OptimlabError) -> JSONResponse:
@@ -77,13 +115,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"error": "invalid_request", "detail": _validation_detail(exc.errors())}, status_code=422)
+        errors = exc.errors()
+        if malformed := next((e for e in errors if e.get("type") == "json_invalid"), None):
+            return JSONResponse({"error": "invalid_json", "detail": invalid_json_detail(malformed)}, status_code=400)
+        return JSONResponse({"error": "invalid_request", "detail": _validation_detail(errors)}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            {"error": "http_error", "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names the first route's methods only
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return JSONResponse({"error": "http_error", "detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)

@@ -102,3 +102,40 @@ def broker_reachable(app: Celery, timeout: int = 2) -> bool:
     except Exception:
         return False
     return True
+
+
+MARKER = "optimlab:messages-kept"
+"""A key the dispatcher keeps in Redis: gone means Redis lost its data (restarted without
+persistence, flushed) and with it every message it held."""
+
+
+def _redis(settings: Settings) -> Any:
+    import redis
+
+    return redis.Redis.from_url(settings.broker_url or "", socket_connect_timeout=2, socket_timeout=2)
+
+
+def messages_lost(settings: Settings) -> bool:
+    """True when the broker lost the messages it held since ``mark_messages_kept`` last ran (also
+    the first time: a resend is harmless); False when it kept them, when it is unreachable (nothing
+    to conclude yet) or when it is not Redis."""
+    if not (settings.broker_url or "").startswith(("redis://", "rediss://")):
+        return False
+    import redis
+
+    try:
+        with _redis(settings) as client:
+            return not client.exists(MARKER)
+    except (redis.RedisError, OSError):
+        return False
+
+
+def mark_messages_kept(settings: Settings) -> None:
+    """Set the marker once the jobs whose messages were lost are unsent again."""
+    import redis
+
+    try:
+        with _redis(settings) as client:
+            client.set(MARKER, "1")
+    except (redis.RedisError, OSError):
+        pass  # checked again on the next pass

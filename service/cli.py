@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from service.cli_keys import keys_app, serving_settings
 from service.settings import get_settings
 
 app = typer.Typer(help="optimlab: optimizer experiments as a service.", no_args_is_help=True, add_completion=False)
@@ -25,6 +26,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List and inspect jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(keys_app, name="keys")
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 240)  # piped output: no wrapping at 80 columns
 
@@ -63,13 +65,15 @@ def api(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     log_level: str = "info",
 ) -> None:
-    """Serve the REST API (the database must be migrated: `optimlab db upgrade`)."""
+    """Serve the REST API (the database must be migrated: `optimlab db upgrade`). A host other than
+    loopback needs OPTIMLAB_AUTH=keys."""
     import uvicorn
 
     from service.app import create_app
 
+    settings = serving_settings(host)
     _logging(log_level)
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
 
 @app.command()
@@ -132,6 +136,7 @@ def up(
     """Everything on one machine: migrations, the API and worker processes, no servers to install.
 
     State (SQLite database, broker folders, checkpoints) lives in OPTIMLAB_HOME (default ./.optimlab).
+    With OPTIMLAB_AUTH=none (the default) it serves loopback only: anyone on this machine may use it.
     """
     import uvicorn
 
@@ -142,7 +147,9 @@ def up(
     # The filesystem broker loses a killed consumer's message; the API re-sends stalled jobs.
     os.environ.setdefault("OPTIMLAB_REQUEUE_QUEUED_AFTER_S", EMBEDDED_REQUEUE_AFTER_S)
     get_settings.cache_clear()
-    settings = get_settings()
+    settings = serving_settings(host)
+    if settings.auth == "none":
+        console.print("[yellow]OPTIMLAB_AUTH=none[/]: the API is open to anyone on this machine (loopback only)")
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url())
     pool = _WorkerPool(workers, log_level)

@@ -1,17 +1,20 @@
 """Dependencies every router shares: the request's session, the app's settings and dispatcher,
-and the API-key check. All of them come from ``app.state``, set up by ``service.app``."""
+and the principal its API key authenticates as. All of them come from ``app.state``, set up by
+``service.app``."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
+from service.auth import service as auth_service
+from service.auth.principal import Principal
 from service.dispatcher import Dispatcher
-from service.errors import Unauthorized
+from service.schemas import Text
 from service.settings import Settings
 
 
@@ -41,13 +44,34 @@ def get_dispatcher(request: Request) -> Dispatcher:
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
-IdempotencyKey = Annotated[str | None, Header(max_length=255)]
+IdempotencyKey = Annotated[Text | None, Header(max_length=255)]
 
 
-def require_key(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """With API keys configured, the request must carry ``Authorization: Bearer <one of them>``."""
-    if not settings.api_keys:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not any(secrets.compare_digest(token.strip(), k) for k in settings.api_keys):
-        raise Unauthorized("Send 'Authorization: Bearer <key>' with one of the server's OPTIMLAB_API_KEYS")
+# Declares the bearer scheme in OpenAPI; a missing or non-Bearer header is our 401, not its 403.
+bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key's token (with OPTIMLAB_AUTH=keys): `optimlab keys create`, or POST /v1/keys.",
+)
+
+
+def get_principal(
+    settings: SettingsDep,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """Who the request acts as: its bearer key's owner (``Unauthorized`` without a valid key), or
+    the anonymous admin when auth is off. Every /v1 route depends on it."""
+    return auth_service.authenticate(session, settings, credentials.credentials if credentials else None)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require_admin(principal: PrincipalDep, settings: SettingsDep) -> Principal:
+    """Key management: an admin key, and auth on (with auth off anyone could mint a key that stays
+    valid once auth is turned on; `optimlab keys` on the server works either way)."""
+    if settings.auth != "keys":
+        raise auth_service.Forbidden("Managing keys over HTTP needs OPTIMLAB_AUTH=keys; use `optimlab keys`")
+    if not principal.admin:
+        raise auth_service.Forbidden("Managing keys needs an admin key")
+    return principal

@@ -2,7 +2,8 @@
 
 Each pass (a few times a second, and at once when a request commits new jobs) it
 - makes running jobs whose worker stopped heartbeating queued and unsent again (they resume
-  from their checkpoint), and, when enabled, queued jobs whose message the broker lost;
+  from their checkpoint), queued jobs whose messages a restarted broker lost (Redis without
+  persistence), and, when enabled, queued jobs whose message the embedded broker dropped;
 - sends every unsent job (a pack's jobs as one task) and marks it sent in the same transaction.
 A crash between send and commit sends a job twice at worst, and a duplicate delivery is a no-op
 (the worker's claim). Runs in every API process; replicas share the work safely (see
@@ -16,6 +17,7 @@ import threading
 import time
 
 from celery import Celery
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,14 +74,20 @@ class Dispatcher:
         interval = self._settings.reaper_interval_s
         if interval > 0 and time.monotonic() - self._last_recovery >= interval:
             self._last_recovery = time.monotonic()
-            self.recover()
+            try:
+                self.recover()
+            except Exception as exc:  # recovery waits for the next pass; sending must not
+                log.warning("recovery pass failed: %s", exc)
         return self.send()
 
     def recover(self) -> int:
         """Make lost jobs unsent again; returns how many."""
         settings = self._settings
+        lost_messages = broker.messages_lost(settings)  # outside the transaction: a network call
         try:
             with self._sessions() as session, session.begin():
+                if session.get_bind().dialect.name == "postgresql":  # never wait long on a row lock
+                    session.execute(text("SET LOCAL lock_timeout = '2s'"))
                 if self._database_down:  # reachable again: the outage ends now
                     self._database_down, self._outage_ended = False, time.monotonic()
                 count = 0
@@ -87,9 +95,15 @@ class Dispatcher:
                     count += transitions.requeue_stale(session, stale_after_s=settings.stale_after_s)
                 if settings.requeue_queued_after_s > 0:
                     count += outbox.resend_stalled(session, after_s=settings.requeue_queued_after_s)
+                if lost_messages:
+                    lost = outbox.resend_queued(session)
+                    log.warning("the broker lost its messages; sending %s queued job(s) again", lost)
+                    count += lost
         except OperationalError:
             self._database_down = True
             raise
+        if lost_messages:
+            broker.mark_messages_kept(settings)  # only once the resend committed
         if count:
             log.warning("requeued %s job(s) whose worker or message was lost", count)
         return count

@@ -65,10 +65,17 @@ class InvalidFields(InvalidRequest):
         super().__init__(list(errors))
 
 
+def printable(text: str) -> str:
+    """``text`` with lone surrogates as escapes (``\\ud800``): an error may name a key that holds
+    one, and a response must encode as UTF-8."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def field_error(loc: Sequence[str], msg: str, type_: str, *, field: str | None = None, **extra: Any) -> dict[str, Any]:
     """One entry of a 422's ``detail``: ``loc`` (from "body"), ``field`` (by default the dotted
-    location without "body"), any ``extra`` keys, ``msg`` and ``type``."""
-    loc = [str(part) for part in loc]
-    if field is None:
-        field = ".".join(part for part in loc if part != "body")
+    location without "body"), any ``extra`` keys, ``msg`` and ``type``; printable whatever keys
+    the request held."""
+    loc = [printable(str(part)) for part in loc]
+    msg = printable(msg)
+    field = ".".join(part for part in loc if part != "body") if field is None else printable(field)
     return {"loc": loc, "field": field, **extra, "msg": msg, "type": type_}

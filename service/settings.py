@@ -23,8 +23,20 @@ class Settings(EngineSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker, e.g. redis://host:6379/0 (default: a filesystem broker in home)."
     )
+    auth: Literal["none", "keys"] = Field(
+        default="none",
+        description=(
+            "keys: every route but /healthz and /readyz needs 'Authorization: Bearer <API key>', and each key's "
+            "owner sees only its own jobs and sweeps (admin keys see all). none: no keys, everything is open, "
+            "so the API only binds a loopback interface."
+        ),
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated bearer keys; when set, every route but health needs one."
+        default_factory=list,
+        description=(
+            "Comma-separated static admin tokens (owner 'admin'), each at least 16 characters, to bootstrap "
+            "before any key exists in the database (`optimlab keys create`); needs OPTIMLAB_AUTH=keys."
+        ),
     )
     checkpoint_dir: Path | None = Field(default=None, description="Per-job checkpoints (default: home/checkpoints).")
     keep_checkpoints: bool = Field(
@@ -52,7 +64,27 @@ class Settings(EngineSettings):
     max_batch_size: int = Field(default=65_536, ge=1)
     max_samples: int = Field(default=5_000_000, ge=1, description="Cap on a synthetic dataset's n_samples.")
     max_model_width: int = Field(default=16_384, ge=1, description="Cap on an MLP's width / a CNN's channels.")
+    # Cost caps: bounds on what a spec would allocate and compute (optim_engine.spec.cost), so a
+    # spec within every per-field cap cannot still ask a worker for tens of GB.
+    max_parameters: int = Field(default=50_000_000, ge=1, description="Cap on a model's parameter count.")
+    max_model_bytes: int = Field(
+        default=8 << 30,
+        ge=1,
+        description="Cap on fp32 bytes of a model's parameters, gradients and optimizer state together.",
+    )
+    max_dataset_bytes: int = Field(
+        default=2 << 30, ge=1, description="Cap on a dataset's tensors: samples x (features + targets) x 4 bytes."
+    )
+    max_steps: int = Field(
+        default=10_000_000, ge=1, description="Cap on a job's optimizer steps: epochs x ceil(train samples / batch)."
+    )
     max_sweep_jobs: int = Field(default=1_000, ge=1, description="Cap on the jobs one sweep expands to.")
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1, description="Largest request body (413 beyond); a spec or a sweep is a few KiB."
+    )
+    max_json_depth: int = Field(
+        default=64, ge=1, description="Deepest nesting of a JSON body (400 beyond); a sweep nests about 10 deep."
+    )
     pack_max: int = Field(
         default=32,
         ge=1,
@@ -68,6 +100,18 @@ class Settings(EngineSettings):
     )
     stale_after_s: float = Field(
         default=60.0, gt=0, description="A running job whose heartbeat is older than this is requeued and resumes."
+    )
+    stop_within_s: float = Field(
+        default=5.0,
+        gt=0,
+        description=(
+            "A running job stops within about this long, even inside a long epoch, once it is cancelled, its "
+            "worker shuts down (SIGTERM: its jobs go back to the queue and resume from their checkpoint) or "
+            "another attempt took it over. Workers read the jobs' flags every stop_within_s / 4 (a read; the "
+            "heartbeat write stays at heartbeat_interval_s), training polls them as often, and flags older "
+            "than stop_within_s / 2 are read again before a checkpoint is written. Keep it well under "
+            "stale_after_s."
+        ),
     )
     requeue_queued_after_s: float = Field(
         default=0.0,
@@ -108,8 +152,10 @@ class Settings(EngineSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
+        # Empty entries are kept: start-up refuses them (service.auth.service.check_configuration)
+        # rather than silently running with fewer keys than written.
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [key.strip() for key in value.split(",")] if value.strip() else []
         return value
 
     @property

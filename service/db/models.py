@@ -1,4 +1,4 @@
-"""SQLAlchemy models: sweeps, jobs (with summary columns for sorting) and one row per epoch."""
+"""SQLAlchemy models: sweeps, jobs (with summary columns for sorting), one row per epoch, and API keys."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -80,14 +81,17 @@ class Sweep(Base):
     """A set of jobs expanded from one template spec and a search definition."""
 
     __tablename__ = "sweeps"
+    __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_sweeps_owner_idempotency_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Who created it: an API key's owner ('' while auth is off); only they and admins see it.
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
     name: Mapped[str | None] = mapped_column(String(200))
     template: Mapped[dict[str, Any]]
     search: Mapped[dict[str, Any]]
     created_at: Mapped[dt.datetime]
     n_jobs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per owner
     # How its jobs run: auto (packed where they can be), packed, or separate.
     execution: Mapped[str] = mapped_column(String(16), default="separate", server_default="separate")
 
@@ -119,9 +123,13 @@ class Job(_SummaryColumns, Base):
         Index("ix_jobs_finished_at", "finished_at"),
         Index("ix_jobs_pack_id", "pack_id"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),  # the outbox: queued and not yet sent
+        Index("ix_jobs_owner_created", "owner", "created_at"),  # a user's own jobs, newest first
+        UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Who created it (a sweep's jobs: the sweep's owner); '' while auth is off.
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
     sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"))
     # Jobs with the same pack_id train together in one worker task (optim_engine.train_packed).
     pack_id: Mapped[str | None] = mapped_column(String(32))
@@ -137,7 +145,7 @@ class Job(_SummaryColumns, Base):
     status: Mapped[str] = mapped_column(String(16))
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per owner
     worker: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
@@ -189,6 +197,22 @@ class EpochMetric(Base):
         *(Column(name, Float) for name in METRIC_NAMES),
         Column("recorded_at", UTCDateTime(), nullable=False),
     )
+
+
+class ApiKey(Base):
+    """A bearer key: only the sha256 of its token is stored (the token is shown once, at creation);
+    ``prefix`` lets people tell their keys apart. A revoked key stays, for the record."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(64))
+    prefix: Mapped[str] = mapped_column(String(16))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime]
+    revoked_at: Mapped[dt.datetime | None]
 
 
 METRIC_COLUMNS = METRIC_NAMES

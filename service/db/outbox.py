@@ -58,6 +58,16 @@ def mark_sent(session: Session, job_ids: Sequence[int]) -> None:
         )
 
 
+def resend_queued(session: Session) -> int:
+    """Make every sent but unclaimed job unsent again: the broker restarted and may have lost
+    their messages. A message that survived is delivered twice, and the second is a no-op (the
+    worker's claim). Returns how many."""
+    result = session.execute(
+        update(Job).where(Job.status == JobStatus.queued, Job.enqueued_at.is_not(None)).values(enqueued_at=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
 def resend_stalled(session: Session, *, after_s: float) -> int:
     """Make queued jobs unsent again when they were sent over ``after_s`` ago and the workers
     have been idle that long: their message was lost (the embedded brokers drop a killed

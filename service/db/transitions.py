@@ -46,11 +46,14 @@ class Claim:
 
 @dataclass(frozen=True)
 class Ownership:
-    """What a worker's write learns: whether its attempt still owns the job, and whether the user
-    asked it to stop."""
+    """What a worker's write or read learns: whether its attempt still owns the job, whether the
+    user asked it to stop, and, for a job it does not own, whether that is because this very
+    attempt wrote its final status (``finished``: that status), which is not a lost job: a
+    heartbeat can land just after the attempt's own final write."""
 
     owned: bool
     cancel_requested: bool = False
+    finished: JobStatus | None = None
 
 
 def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_s: float) -> list[Claim]:
@@ -88,9 +91,12 @@ def _owned(attempts: Mapping[int, int]) -> ColumnElement[bool]:
     )
 
 
-def heartbeat(session: Session, attempts: Mapping[int, int], *, device: str | None = None) -> dict[int, Ownership]:
+def heartbeat(
+    session: Session, attempts: Mapping[int, int], *, worker: str | None = None, device: str | None = None
+) -> dict[int, Ownership]:
     """Refresh the heartbeat (and record the device) of every job (id → attempt) this worker still
-    owns, in one statement; a job requeued or finished meanwhile is not owned any more."""
+    owns, in one statement; a job requeued or finished meanwhile is not owned any more (see
+    ``ownership`` for how one this attempt finished itself is told apart, given ``worker``)."""
     if not attempts:
         return {}
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
@@ -99,8 +105,33 @@ def heartbeat(session: Session, attempts: Mapping[int, int], *, device: str | No
     rows = session.execute(
         update(Job).where(_owned(attempts)).values(**values).returning(Job.id, Job.cancel_requested)
     ).all()
-    found = {row.id: bool(row.cancel_requested) for row in rows}
-    return {job_id: Ownership(job_id in found, found.get(job_id, False)) for job_id in attempts}
+    found = {row.id: Ownership(True, bool(row.cancel_requested)) for row in rows}
+    missing = {job_id: attempt for job_id, attempt in attempts.items() if job_id not in found}
+    return found | (ownership(session, missing, worker=worker) if missing else {})
+
+
+def ownership(session: Session, attempts: Mapping[int, int], *, worker: str | None = None) -> dict[int, Ownership]:
+    """What ``heartbeat`` learns, read without writing: cheap enough to poll for cancel requests
+    every second or so. A job in a terminal status with the same attempt number and ``worker``
+    was finished by this attempt (requeue and release clear ``worker``, a claim raises the
+    attempt): ``finished`` says so, rather than calling it lost."""
+    if not attempts:
+        return {}
+    rows = session.execute(
+        select(Job.id, Job.status, Job.attempt, Job.worker, Job.cancel_requested).where(Job.id.in_(list(attempts)))
+    ).all()
+    found = {row.id: row for row in rows}
+    learned: dict[int, Ownership] = {}
+    for job_id, attempt in attempts.items():
+        row = found.get(job_id)
+        if row is None or row.attempt != attempt:
+            learned[job_id] = Ownership(False)
+        elif row.status == R:
+            learned[job_id] = Ownership(True, bool(row.cancel_requested))
+        else:
+            mine = row.status in TERMINAL and worker is not None and row.worker == worker
+            learned[job_id] = Ownership(False, finished=JobStatus(row.status) if mine else None)
+    return learned
 
 
 def finish(
@@ -138,12 +169,15 @@ def finish(
 
 def cancel_job(session: Session, job_id: int) -> None:
     """queued → cancelled at once; a running job is flagged and stops at its next epoch boundary
-    (its worker moves it to cancelled). Anything else is an ``IllegalTransition``."""
+    (its worker moves it to cancelled). An already cancelled job stays as it is, so a retried
+    cancel succeeds; any other finished job is an ``IllegalTransition``."""
     if _cancel(session, Job.id == job_id):
         return
     status = session.scalar(select(Job.status).where(Job.id == job_id))
     if status is None:
         raise JobNotFound(job_id)
+    if status == JobStatus.cancelled:
+        return
     raise IllegalTransition(f"Job {job_id} is {status}; only queued or running jobs can be cancelled")
 
 
@@ -170,7 +204,29 @@ def requeue_stale(session: Session, *, stale_after_s: float) -> int:
     _legal(R, Q)
     now = utcnow()
     stale = now - dt.timedelta(seconds=stale_after_s)
+    # SKIP LOCKED (PostgreSQL): a row locked by a worker frozen inside a transaction is left for
+    # a later pass instead of stalling this one, and with it every send.
+    candidates = select(Job.id).where(Job.status == R, Job.heartbeat_at < stale).with_for_update(skip_locked=True)
     result = session.execute(
-        update(Job).where(Job.status == R, Job.heartbeat_at < stale).values(status=Q, enqueued_at=None, worker=None)
+        update(Job)
+        .where(Job.id.in_(candidates), Job.status == R, Job.heartbeat_at < stale)
+        .values(status=Q, enqueued_at=None, worker=None)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release(session: Session, attempts: Mapping[int, int]) -> list[int]:
+    """running → queued, not yet sent, for the jobs (id → attempt) this attempt still owns and
+    whose cancel nobody asked for: a worker that shuts down hands them back, the dispatcher sends
+    them again and they resume from their checkpoint. Returns the ids released; a job left out
+    was taken by another attempt, or is to be cancelled instead (the caller finishes it)."""
+    _legal(R, Q)
+    if not attempts:
+        return []
+    rows = session.execute(
+        update(Job)
+        .where(_owned(attempts), Job.cancel_requested.is_not(True))
+        .values(status=Q, enqueued_at=None, worker=None)
+        .returning(Job.id)
+    ).all()
+    return sorted(row.id for row in rows)

@@ -1,11 +1,13 @@
 """SQL for /v1/jobs: create (with an idempotency key), get, keyset-paginated lists, progress and
-epoch rows. Status changes are not here: they are ``service.db.transitions``."""
+epoch rows, each read limited to what the principal may see (``visible_to``). Status changes are
+not here: they are ``service.db.transitions``."""
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
+from service.auth.principal import Principal, visible_to
 from service.db.epochs import EPOCHS
 from service.db.models import Job, JobStatus, JobTag
 from service.db.session import utcnow
-from service.errors import IdempotencyConflict, InvalidRequest, JobNotFound
+from service.errors import IdempotencyConflict, InvalidFields, InvalidRequest, JobNotFound, field_error
+from service.schemas import MAX_ID
 
 
 def create_job(
@@ -28,6 +32,7 @@ def create_job(
     spec_hash: str,
     optimizer: str,
     queue: str,
+    owner: str,
     tags: Sequence[str] = (),
     name: str | None = None,
     idempotency_key: str | None = None,
@@ -35,14 +40,16 @@ def create_job(
     """Insert a queued, not yet sent job (``enqueued_at`` NULL: the dispatcher sends it) and flush
     it; returns ``(job, created)``.
 
-    With an idempotency key already used for the same spec, the existing job is returned with
-    ``created=False``; used for a different spec, it is an ``IdempotencyConflict``.
+    With an idempotency key ``owner`` already used for the same spec, the existing job is returned
+    with ``created=False``; used for a different spec, it is an ``IdempotencyConflict``. Keys are
+    per owner: another owner's key of the same value is another key.
     """
     if idempotency_key is not None:
-        existing = _by_idempotency_key(session, idempotency_key, spec_hash)
+        existing = _by_idempotency_key(session, owner, idempotency_key, spec_hash)
         if existing is not None:
             return existing, False
     job = Job(
+        owner=owner,
         name=name,
         spec=dict(spec),
         spec_hash=spec_hash,
@@ -66,22 +73,23 @@ def create_job(
             session.add(job)
             session.flush()
     except IntegrityError:
-        existing = _by_idempotency_key(session, idempotency_key, spec_hash)
+        existing = _by_idempotency_key(session, owner, idempotency_key, spec_hash)
         if existing is None:
             raise
         return existing, False
     return job, True
 
 
-def _by_idempotency_key(session: Session, key: str, spec_hash: str) -> Job | None:
-    job = session.scalars(select(Job).where(Job.idempotency_key == key)).one_or_none()
+def _by_idempotency_key(session: Session, owner: str, key: str, spec_hash: str) -> Job | None:
+    job = session.scalars(select(Job).where(Job.owner == owner, Job.idempotency_key == key)).one_or_none()
     if job is not None and job.spec_hash != spec_hash:
         raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used for job {job.id} with a different spec")
     return job
 
 
-def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
+def get_job(session: Session, job_id: int, principal: Principal) -> Job:
+    """The job, if ``principal`` may see it; else ``JobNotFound``, as if it did not exist."""
+    job = session.scalars(select(Job).where(Job.id == job_id, visible_to(principal, Job.owner))).one_or_none()
     if job is None:
         raise JobNotFound(job_id)
     return job
@@ -105,10 +113,17 @@ class JobFilter:
     sweep_id: int | None = None
     optimizer: str | None = None
     tag: str | None = None
+    owner: str | None = None  # an admin's filter; other principals see only their own anyway
 
 
 def list_jobs(
-    session: Session, flt: JobFilter, *, sort: str = "-created_at", limit: int = 50, cursor: str | None = None
+    session: Session,
+    flt: JobFilter,
+    principal: Principal,
+    *,
+    sort: str = "-created_at",
+    limit: int = 50,
+    cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """One page of jobs and the cursor of the next page (None on the last page).
 
@@ -120,7 +135,9 @@ def list_jobs(
     if key not in SORTABLE:
         raise InvalidRequest(f"sort: unknown key {key!r}; use one of {sorted(SORTABLE)}, '-' prefix for descending")
     column = SORTABLE[key]
-    query = select(Job)
+    query = select(Job).where(visible_to(principal, Job.owner))
+    if flt.owner is not None:
+        query = query.where(Job.owner == flt.owner)
     if flt.statuses:
         query = query.where(Job.status.in_(list(flt.statuses)))
     if flt.sweep_id is not None:
@@ -160,31 +177,52 @@ def _encode_cursor(key: str, value: Any, last_id: int) -> str:
 
 
 def _decode_cursor(cursor: str, key: str) -> tuple[Any, int]:
+    """The (sort value, last id) of a cursor ``_encode_cursor`` wrote for this sort. Anything else
+    (not base64 JSON, another sort, an id or value its column cannot be compared with) is a 422
+    naming the cursor: a crafted cursor must never reach the database as a failing query."""
     try:
         data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        value, last_id = data["v"], int(data["id"])
-        if data["k"] != key:
-            raise ValueError("sort changed")
-        if key == "created_at":
-            value = dt.datetime.fromisoformat(value)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidRequest(f"cursor: not a cursor from a page sorted by {key!r}") from exc
-    return value, last_id
+        if not isinstance(data, dict) or data.get("k") != key or "v" not in data:
+            raise ValueError("not this sort's cursor")
+        last_id = data.get("id")
+        if not isinstance(last_id, int) or isinstance(last_id, bool) or not 1 <= last_id <= MAX_ID:
+            raise ValueError("no such id")
+        return _cursor_value(key, data["v"]), last_id
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        msg = f"not a cursor from a page sorted by {key!r}; pass next_cursor as it came"
+        raise InvalidFields([field_error(("query", "cursor"), msg, "invalid_cursor")]) from exc
+
+
+def _cursor_value(key: str, value: Any) -> Any:
+    """A cursor's sort value, checked against its column: NULL, a UTC time, an int4, a finite float."""
+    if value is None:
+        return None
+    if key == "created_at":
+        return dt.datetime.fromisoformat(value).astimezone(dt.UTC)  # what the column compares: UTC
+    number_types = (int,) if key == "epochs_done" else (int, float)
+    if isinstance(value, bool) or not isinstance(value, number_types) or not math.isfinite(value):
+        raise ValueError(f"not a {key} value")
+    if isinstance(value, int) and abs(value) > MAX_ID:
+        raise ValueError(f"{key} out of range")
+    return value
 
 
 # --- metrics ---------------------------------------------------------------------------------
 
 
-def progress(session: Session, job_id: int) -> tuple[str, int]:
-    """(status, epochs_done) of a job, without loading it: the live-polling path."""
-    row = session.execute(select(Job.status, Job.epochs_done).where(Job.id == job_id)).first()
+def progress(session: Session, job_id: int, principal: Principal) -> tuple[str, int]:
+    """(status, epochs_done) of a job ``principal`` may see, without loading it: the live-polling path."""
+    row = session.execute(
+        select(Job.status, Job.epochs_done).where(Job.id == job_id, visible_to(principal, Job.owner))
+    ).first()
     if row is None:
         raise JobNotFound(job_id)
     return row.status, row.epochs_done
 
 
 def epoch_rows(session: Session, job_id: int, since_epoch: int = 0) -> list[dict[str, Any]]:
-    """A job's epochs after ``since_epoch`` as plain dicts (epoch and the metric columns)."""
+    """A job's epochs after ``since_epoch`` as plain dicts (epoch and the metric columns); the
+    caller has checked that the principal sees the job (``progress``)."""
     rows = EPOCHS.c
     query = (
         select(rows.epoch, *(rows[name] for name in METRIC_NAMES))

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from optim_engine.results import METRICS, SUMMARY_METRICS
 from optim_engine.spec import JobSpec
 from service.db.models import Job
+from service.schemas import EXAMPLE_SPEC, StorableJson, Text, json_integers
 from service.spec_codec import decode
 
 Tag = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:/=-]+$")]
@@ -23,17 +24,23 @@ BEST_COLUMNS = tuple(f"best_{m.name}" for m in SUMMARY_METRICS)
 class JobCreate(BaseModel):
     """A job to run: the spec, plus optional tags and a display name."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"spec": EXAMPLE_SPEC, "tags": ["baseline"], "name": "sgd baseline"}]},
+    )
 
-    spec: JobSpec = Field(description='Non-finite floats may be written "Infinity", "-Infinity", "NaN".')
+    spec: Annotated[JobSpec, StorableJson] = Field(
+        description='Non-finite floats may be written "Infinity", "-Infinity", "NaN".'
+    )
     tags: Annotated[list[Tag], Field(max_length=32)] = Field(default_factory=list)
-    name: Annotated[str, Field(max_length=200)] | None = None
+    name: Annotated[Text, Field(max_length=200)] | None = None
 
     @model_validator(mode="before")
     @classmethod
-    def _non_finite_names(cls, data: Any) -> Any:
+    def _from_json(cls, data: Any) -> Any:
+        """The spec as JSON writes it: "Infinity" and the like, 3.0 for an integer."""
         if isinstance(data, dict) and isinstance(data.get("spec"), dict):
-            return {**data, "spec": decode(data["spec"])}
+            return {**data, "spec": json_integers(decode(data["spec"]))}
         return data
 
 
@@ -81,6 +88,7 @@ class EpochRow(_EpochRowFields):
 
 class JobOut(BaseModel):
     id: int
+    owner: str = Field(description="The owner of the key that created it ('' : created with auth off).")
     sweep_id: int | None
     pack_id: str | None = Field(description="Set when the job trains in a pack with others of its sweep.")
     config: dict[str, Any] | None = Field(description="A sweep job's searched values (seed excluded).")

@@ -1,5 +1,6 @@
 """The rules of /v1/jobs: what a job must pass to be created, idempotent creation, the outbox
-hand-off to the dispatcher, listing and cancellation."""
+hand-off to the dispatcher, listing and cancellation, each for one principal: it owns what it
+creates and sees only its own jobs unless it is an admin."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import Session
 from optim_engine.spec import variant_names
 from service import broker
 from service.admission import check_spec
+from service.auth.principal import Principal
 from service.db import transitions
 from service.db.models import Job, JobStatus
 from service.dispatcher import Dispatcher
@@ -28,13 +30,14 @@ def create_job(
     session: Session,
     body: JobCreate,
     *,
+    principal: Principal,
     settings: Settings,
     dispatcher: Dispatcher,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Check the spec against this server (caps, host), then commit it as a queued job and wake
     the dispatcher, which sends it; returns ``(job, created)`` (not created: the idempotency
-    key's first request made it)."""
+    key's first request by the same owner made it)."""
     check_spec(body.spec, settings)
     job, created = repository.create_job(
         session,
@@ -42,6 +45,7 @@ def create_job(
         spec_hash=body.spec.spec_hash(),
         optimizer=variant_names(type(body.spec.optimizer))[0],
         queue=broker.queue_for(body.spec.device, settings),
+        owner=principal.owner,
         tags=body.tags,
         name=body.name,
         idempotency_key=idempotency_key,
@@ -53,37 +57,42 @@ def create_job(
 
 def list_jobs(
     session: Session,
+    principal: Principal,
     *,
     statuses: Sequence[str] = (),
     sweep_id: int | None = None,
     optimizer: str | None = None,
     tag: str | None = None,
+    owner: str | None = None,
     sort: str = "-created_at",
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[Job], str | None]:
-    """One page of the jobs that match, sorted by ``sort`` ('-' prefix: descending), and the next
-    page's cursor (None on the last page)."""
+    """One page of the jobs ``principal`` sees that match, sorted by ``sort`` ('-' prefix:
+    descending), and the next page's cursor (None on the last page)."""
     bad = [s for s in statuses if s not in STATUSES]
     if bad:
         raise InvalidRequest(f"status: unknown {bad}; use {sorted(STATUSES)}")
-    flt = repository.JobFilter(statuses=statuses, sweep_id=sweep_id, optimizer=optimizer, tag=tag)
-    return repository.list_jobs(session, flt, sort=sort, limit=limit, cursor=cursor)
+    flt = repository.JobFilter(statuses=statuses, sweep_id=sweep_id, optimizer=optimizer, tag=tag, owner=owner)
+    return repository.list_jobs(session, flt, principal, sort=sort, limit=limit, cursor=cursor)
 
 
-def get_job(session: Session, job_id: int) -> Job:
-    return repository.get_job(session, job_id)
+def get_job(session: Session, job_id: int, principal: Principal) -> Job:
+    return repository.get_job(session, job_id, principal)
 
 
-def job_metrics(session: Session, job_id: int, since_epoch: int = 0) -> tuple[str, int, list[dict[str, Any]]]:
+def job_metrics(
+    session: Session, job_id: int, principal: Principal, since_epoch: int = 0
+) -> tuple[str, int, list[dict[str, Any]]]:
     """(status, epochs_done, the epoch rows after ``since_epoch``): two indexed reads, no ORM objects."""
-    status, epochs_done = repository.progress(session, job_id)
+    status, epochs_done = repository.progress(session, job_id, principal)
     return status, epochs_done, repository.epoch_rows(session, job_id, since_epoch)
 
 
-def cancel_job(session: Session, job_id: int) -> Job:
+def cancel_job(session: Session, job_id: int, principal: Principal) -> Job:
     """Queued: it never runs. Running: flagged, it stops at its next epoch boundary. Anything
-    else: ``IllegalTransition``."""
+    else: ``IllegalTransition``. Another owner's job is not found: nothing changes."""
+    repository.get_job(session, job_id, principal)
     transitions.cancel_job(session, job_id)
     session.commit()
-    return repository.get_job(session, job_id)
+    return repository.get_job(session, job_id, principal)

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from optim_engine.packing import pack_key, unpackable
 from optim_engine.spec import JobSpec, error_details
+from service.schemas import json_integers
 from service.spec_codec import decode, encode
 from service.sweeps.schemas import SweepCreate
 
@@ -89,7 +90,8 @@ def expand(sweep: SweepCreate, max_problems: int = 10) -> list[Trial]:
                 spec_dict = apply(sweep.base, config)
                 if seed is not None:
                     spec_dict["seed"] = seed
-                spec = JobSpec.model_validate(decode(spec_dict))  # "Infinity" in a grid, as in a spec
+                # "Infinity" and 3.0 for an integer in a grid, as in a job's spec
+                spec = JobSpec.model_validate(json_integers(decode(spec_dict)))
             except (ValidationError, ValueError, TypeError) as exc:
                 if len(problems) < max_problems:
                     problems.append(problem(encode(combination), _errors(exc)))

@@ -1,5 +1,6 @@
-"""SQL for /v1/sweeps: atomic creation of a sweep's jobs, reads and status counts, and the
-leaderboard and bulk curves computed in the database."""
+"""SQL for /v1/sweeps: atomic creation of a sweep's jobs, reads (limited to what the principal
+may see, ``visible_to``) and status counts, and the leaderboard and bulk curves computed in the
+database."""
 
 from __future__ import annotations
 
@@ -14,15 +15,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
+from service.auth.principal import Principal, visible_to
 from service.db.models import Job, JobStatus, JobTag, Sweep
 from service.db.session import utcnow
-from service.errors import IdempotencyConflict, InvalidRequest, SweepNotFound
+from service.errors import IdempotencyConflict, InvalidFields, InvalidRequest, SweepNotFound, field_error
+from service.schemas import MAX_ID
 
 
 @dataclass(frozen=True)
 class NewSweep:
-    """A sweep to insert: its definition, as stored."""
+    """A sweep to insert: its owner (its jobs get the same) and its definition, as stored."""
 
+    owner: str
     name: str | None
     template: dict[str, Any]
     search: dict[str, Any]
@@ -47,13 +51,14 @@ def create_sweep(
     session: Session, sweep: NewSweep, jobs: Sequence[NewJob], *, idempotency_key: str | None = None
 ) -> tuple[Sweep, bool]:
     """Insert the sweep and all its jobs (queued, not yet sent) in the session's transaction;
-    returns ``(sweep, created)``. Not created: the idempotency key names an existing sweep with
-    the same definition (a different one is an ``IdempotencyConflict``)."""
+    returns ``(sweep, created)``. Not created: the idempotency key names an existing sweep of the
+    same owner with the same definition (a different one is an ``IdempotencyConflict``)."""
     existing = _by_idempotency_key(session, idempotency_key, sweep)
     if existing is not None:
         return existing, False
     now = utcnow()
     row = Sweep(
+        owner=sweep.owner,
         name=sweep.name,
         template=sweep.template,
         search=sweep.search,
@@ -68,7 +73,7 @@ def create_sweep(
             session.flush()
     except IntegrityError:  # a concurrent POST with the same key won
         return create_sweep(session, sweep, jobs, idempotency_key=idempotency_key)
-    fixed = {"sweep_id": row.id, "name": sweep.name, "created_at": now, "enqueued_at": None}
+    fixed = {"sweep_id": row.id, "owner": sweep.owner, "name": sweep.name, "created_at": now, "enqueued_at": None}
     fixed |= {"status": JobStatus.queued, "attempt": 0, "cancel_requested": False, "epochs_done": 0}
     # One batched INSERT ... RETURNING, not a flush per job.
     ids = session.scalars(
@@ -83,7 +88,9 @@ def create_sweep(
 def _by_idempotency_key(session: Session, key: str | None, sweep: NewSweep) -> Sweep | None:
     if key is None:
         return None
-    existing = session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).one_or_none()
+    existing = session.scalars(
+        select(Sweep).where(Sweep.owner == sweep.owner, Sweep.idempotency_key == key)
+    ).one_or_none()
     if existing is not None and (existing.template, existing.search, existing.execution) != (
         sweep.template,
         sweep.search,
@@ -93,15 +100,31 @@ def _by_idempotency_key(session: Session, key: str | None, sweep: NewSweep) -> S
     return existing
 
 
-def get_sweep(session: Session, sweep_id: int) -> Sweep:
-    sweep = session.get(Sweep, sweep_id)
+def get_sweep(session: Session, sweep_id: int, principal: Principal) -> Sweep:
+    """The sweep, if ``principal`` may see it; else ``SweepNotFound``, as if it did not exist.
+    Its jobs share its owner, so a sweep seen is a sweep whose jobs may be read."""
+    query = select(Sweep).where(Sweep.id == sweep_id, visible_to(principal, Sweep.owner))
+    sweep = session.scalars(query).one_or_none()
     if sweep is None:
         raise SweepNotFound(sweep_id)
     return sweep
 
 
-def list_sweeps(session: Session, *, limit: int, before_id: int | None) -> list[Sweep]:
-    query = select(Sweep).order_by(Sweep.id.desc()).limit(limit)
+def decode_cursor(cursor: str) -> int:
+    """The id a next-page cursor of ``list_sweeps`` carries (the last id of the page before);
+    anything else is a 422 naming the cursor, never a query that fails in the database."""
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 10 and 1 <= int(cursor) <= MAX_ID):
+        raise InvalidFields([field_error(("query", "cursor"), "not a cursor from this list", "invalid_cursor")])
+    return int(cursor)
+
+
+def list_sweeps(
+    session: Session, principal: Principal, *, owner: str | None = None, limit: int, before_id: int | None
+) -> list[Sweep]:
+    """Newest first, those ``principal`` sees (of ``owner`` only, when given)."""
+    query = select(Sweep).where(visible_to(principal, Sweep.owner)).order_by(Sweep.id.desc()).limit(limit)
+    if owner is not None:
+        query = query.where(Sweep.owner == owner)
     if before_id is not None:
         query = query.where(Sweep.id < before_id)
     return list(session.scalars(query))

@@ -8,21 +8,23 @@ from typing import Annotated
 import orjson
 from fastapi import APIRouter, Query, Response
 
-from service.deps import DispatcherDep, IdempotencyKey, SessionDep, SettingsDep
+from service.deps import DispatcherDep, IdempotencyKey, PrincipalDep, SessionDep, SettingsDep
 from service.responses import csv_response
+from service.schemas import Id, Text, error_responses, replayed
 from service.sweeps import service as sweep_service
-from service.sweeps.schemas import Leaderboard, SweepCreate, SweepOut, SweepPage
+from service.sweeps.schemas import Leaderboard, MetricColumns, SweepCreate, SweepOut, SweepPage
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
 METRIC_PATTERN = f"^({'|'.join(sweep_service.LEADERBOARD_METRICS)})$"
 
 
-@router.post("", status_code=201, response_model=SweepOut)
+@router.post("", status_code=201, response_model=SweepOut, responses=error_responses(409) | replayed(SweepOut, "sweep"))
 def create_sweep(
     body: SweepCreate,
     response: Response,
     session: SessionDep,
+    principal: PrincipalDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
     idempotency_key: IdempotencyKey = None,
@@ -31,7 +33,7 @@ def create_sweep(
     validated first: one invalid combination rejects the sweep (422, naming it) and nothing
     is created. The jobs are created queued in one transaction and sent after it commits."""
     sweep, created = sweep_service.create_sweep(
-        session, body, settings=settings, dispatcher=dispatcher, idempotency_key=idempotency_key
+        session, body, principal=principal, settings=settings, dispatcher=dispatcher, idempotency_key=idempotency_key
     )
     response.status_code = 201 if created else 200
     return sweep_service.describe(session, sweep)
@@ -40,51 +42,60 @@ def create_sweep(
 @router.get("")
 def list_sweeps(
     session: SessionDep,
+    principal: PrincipalDep,
+    owner: Annotated[
+        Text | None, Query(max_length=64, description="Admins: only this owner's ('' : created with auth off).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
 ) -> SweepPage:
-    """Sweeps, newest first, with their counts (`best` is on GET /v1/sweeps/{id})."""
-    return sweep_service.list_sweeps(session, limit=limit, cursor=cursor)
+    """Your sweeps (an admin's: everyone's), newest first, with their counts (`best` is on GET
+    /v1/sweeps/{id})."""
+    return sweep_service.list_sweeps(session, principal, owner=owner, limit=limit, cursor=cursor)
 
 
-@router.get("/{sweep_id}")
-def get_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
+@router.get("/{sweep_id}", responses=error_responses(404))
+def get_sweep(sweep_id: Id, session: SessionDep, principal: PrincipalDep) -> SweepOut:
     """Counts per status and the best configuration so far."""
-    return sweep_service.get_sweep(session, sweep_id)
+    return sweep_service.get_sweep(session, sweep_id, principal)
 
 
-@router.post("/{sweep_id}/cancel")
-def cancel_sweep(sweep_id: int, session: SessionDep) -> SweepOut:
-    """Queued jobs never run; running ones stop at their next epoch boundary."""
-    return sweep_service.cancel_sweep(session, sweep_id)
+@router.post("/{sweep_id}/cancel", responses=error_responses(404))
+def cancel_sweep(sweep_id: Id, session: SessionDep, principal: PrincipalDep) -> SweepOut:
+    """Queued jobs never run; running ones stop at their next epoch boundary; finished ones stay.
+    Cancelling again answers the sweep as it is."""
+    return sweep_service.cancel_sweep(session, sweep_id, principal)
 
 
-@router.get("/{sweep_id}/leaderboard")
+@router.get("/{sweep_id}/leaderboard", responses=error_responses(404))
 def leaderboard(
-    sweep_id: int,
+    sweep_id: Id,
     session: SessionDep,
+    principal: PrincipalDep,
     metric: Annotated[str, Query(pattern=METRIC_PATTERN)] = "val_loss",
     mode: Annotated[str | None, Query(pattern="^(min|max)$", description="Default: min for losses")] = None,
     which: Annotated[str, Query(pattern="^(best|final)$", description="Best epoch's value or final")] = "best",
 ) -> Leaderboard:
     """Configurations ranked by the mean of the metric over seeds, with std, 95% CI, min,
     max, diverged count and mean wall time; computed in SQL from the jobs' summaries."""
-    return sweep_service.leaderboard(session, sweep_id, metric=metric, mode=mode, which=which)
+    return sweep_service.leaderboard(session, sweep_id, principal, metric=metric, mode=mode, which=which)
 
 
 @router.get(
     "/{sweep_id}/metrics",
-    responses={200: {"content": {"text/csv": {}}, "description": "Columnar JSON, or CSV with ?format=csv"}},
+    responses=error_responses(404)
+    | {200: {"content": {"text/csv": {}}, "description": "Columnar JSON, or CSV with ?format=csv"}},
 )
 def sweep_metrics(
-    sweep_id: int,
+    sweep_id: Id,
     session: SessionDep,
-    columns: Annotated[str, Query(description="Comma-separated metric columns")] = "train_loss,val_loss",
+    principal: PrincipalDep,
+    columns: Annotated[MetricColumns, Query()] = "train_loss,val_loss",
     format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
 ) -> Response:
     """Every job's per-epoch rows in one response: JSON `{"columns": [...], "rows": [[job_id,
     epoch, ...], ...], "jobs": [...]}` (each job's config, seed and status, to label curves)."""
-    table = sweep_service.sweep_metrics(session, sweep_id, columns, with_jobs=format == "json")
+    table = sweep_service.sweep_metrics(session, sweep_id, principal, columns, with_jobs=format == "json")
     if format == "csv":
         return csv_response(table.columns, table.rows)
     body = {"sweep_id": sweep_id, "columns": table.columns, "rows": table.rows, "jobs": table.jobs}

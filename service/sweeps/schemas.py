@@ -9,29 +9,59 @@ import math
 import random
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from optim_engine.results import METRIC_NAMES
+from service.schemas import EXAMPLE_SPEC, INTEGRAL, JsonFloat, JsonInt, StorableJson, Text
 from service.spec_codec import decode, encode
 
 PATH = r"^[a-z_][a-z0-9_]*(\.([a-z_][a-z0-9_]*|[0-9]+))*$"
 Path = Annotated[str, Field(pattern=PATH, description="Dotted spec path: optimizer.lr, scheduler.0.params.gamma")]
 
 
+_COLUMN = "|".join(METRIC_NAMES)
+
+
+def _distinct(columns: str) -> str:
+    return ",".join(dict.fromkeys(name.strip() for name in columns.split(",") if name.strip()))
+
+
+MetricColumns = Annotated[
+    str,
+    Field(
+        pattern=rf"^ *(?:(?:{_COLUMN}) *(?:, *(?:{_COLUMN}) *)*)?$",
+        max_length=1000,
+        description=f"Comma-separated metric columns, each once: {', '.join(METRIC_NAMES)}.",
+    ),
+    AfterValidator(_distinct),
+]
+"""The ``columns`` of a sweep's bulk metrics: known names only (each a column of the query), a
+bounded list, a repeated name once."""
+
+
+def _exactly_one_kind(schema: dict[str, Any]) -> None:
+    """The schema of a distribution states what ``_one_kind`` checks: one key, not null."""
+    for name, field in schema["properties"].items():
+        schema["properties"][name] = {k: v for k, v in field.items() if k != "anyOf"} | field["anyOf"][0]
+    schema["minProperties"] = schema["maxProperties"] = 1
+
+
 class Distribution(BaseModel):
     """One of: choice (a list), uniform [low, high], log_uniform [low, high] (low > 0), int [low, high]."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, json_schema_extra=_exactly_one_kind)
 
     choice: Annotated[list[Any], Field(min_length=1)] | None = None
-    uniform: tuple[float, float] | None = None
-    log_uniform: tuple[float, float] | None = None
-    integer: tuple[int, int] | None = Field(default=None, alias="int", description="Inclusive integer range.")
+    uniform: tuple[JsonFloat, JsonFloat] | None = None
+    log_uniform: tuple[JsonFloat, JsonFloat] | None = None
+    integer: tuple[JsonInt, JsonInt] | None = Field(default=None, alias="int", description="Inclusive integer range.")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Distribution:
-        kinds = [k for k in ("choice", "uniform", "log_uniform", "integer") if getattr(self, k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"give exactly one of choice, uniform, log_uniform, int (got {kinds or 'none'})")
+        given = sorted(self.model_fields_set)
+        if len(given) != 1 or getattr(self, given[0]) is None:
+            names = [type(self).model_fields[name].alias or name for name in given]
+            raise ValueError(f"give exactly one of choice, uniform, log_uniform, int, not null (got {names or 'none'})")
         low, high = self.uniform or self.log_uniform or self.integer or (0, 1)
         if not (math.isfinite(low) and math.isfinite(high)) or low > high:
             raise ValueError(f"bounds must be finite with low <= high, got [{low}, {high}]")
@@ -54,27 +84,44 @@ class Distribution(BaseModel):
 class RandomSearch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n: Annotated[int, Field(ge=1, le=100_000, description="Trials to sample.")]
-    seed: int = Field(default=0, description="Sampler seed: the same seed draws the same trials.")
-    params: Annotated[dict[Path, Distribution], Field(min_length=1)]
+    n: Annotated[StrictInt, Field(ge=1, le=100_000, description="Trials to sample."), INTEGRAL]
+    seed: JsonInt = Field(default=0, description="Sampler seed: the same seed draws the same trials.")
+    params: Annotated[dict[Path, Distribution], Field(min_length=1, json_schema_extra=ONLY_PATHS)]
 
 
-Grid = dict[Path, Annotated[list[Any], Field(min_length=1)]]
+ONLY_PATHS: dict[str, Any] = {"additionalProperties": False}
+"""JSON Schema for a dict keyed by ``Path``: a key that does not match the pattern is invalid."""
+
+Grid = Annotated[dict[Path, Annotated[list[Any], Field(min_length=1)]], Field(json_schema_extra=ONLY_PATHS)]
+GridList = Annotated[list[Grid], Field(min_length=1)]
+
+
+EXAMPLE: dict[str, Any] = {
+    "name": "sgd lr",
+    "base": EXAMPLE_SPEC,
+    "grid": {"optimizer.lr": [0.01, 0.1]},
+    "seeds": [0, 1],
+}
 
 
 class SweepCreate(BaseModel):
     """A base spec and a search over dotted spec paths; every configuration runs once per seed."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE]})
 
-    name: Annotated[str, Field(max_length=200)] | None = None
-    base: dict[str, Any] = Field(description="A job spec; the search overrides its paths.")
-    grid: Grid | list[Grid] | None = Field(
+    name: Annotated[Text, Field(max_length=200)] | None = None
+    base: Annotated[dict[str, Any], StorableJson] = Field(description="A job spec; the search overrides its paths.")
+    grid: Annotated[Grid | GridList | None, StorableJson] = Field(
         default=None, description="Path → values, all combinations; a list of grids is their union."
     )
-    random: RandomSearch | None = None
-    seeds: Annotated[list[Annotated[int, Field(ge=0, le=2**31 - 1)]], Field(min_length=1, max_length=1000)] | None = (
-        Field(default=None, description="Repeat every configuration with each seed (sets spec.seed).")
+    random: Annotated[RandomSearch | None, StorableJson] = None
+    seeds: (
+        Annotated[list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1), INTEGRAL]], Field(min_length=1, max_length=1000)]
+        | None
+    ) = Field(
+        default=None,
+        description="Repeat every configuration with each seed (sets spec.seed).",
+        json_schema_extra={"uniqueItems": True},
     )
     tags: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/=-]{1,64}$")]], Field(max_length=32)] = Field(
         default_factory=list
@@ -87,6 +134,14 @@ class SweepCreate(BaseModel):
             "(a 422 says which cannot); separate: one task per job."
         ),
     )
+
+    @field_validator("grid", mode="before")
+    @classmethod
+    def _some_grid(cls, grid: Any) -> Any:
+        # Before the union: an empty list is one error naming grid, not one per union member.
+        if isinstance(grid, list) and not grid:
+            raise ValueError("an empty list of grids expands to no job; give at least one grid, or leave grid out")
+        return grid
 
     @field_validator("base")
     @classmethod
@@ -143,6 +198,7 @@ class Leaderboard(BaseModel):
 
 class SweepOut(BaseModel):
     id: int
+    owner: str = Field(description="The owner of the key that created it ('' : created with auth off).")
     name: str | None
     created_at: dt.datetime
     n_jobs: int

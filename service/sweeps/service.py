@@ -1,6 +1,7 @@
 """The rules of /v1/sweeps: the cap on a sweep's size, its expansion checked job by job like a
 single job, its packing plan, creation in one transaction, cancellation, and the views over its
-jobs (counts, best configuration, leaderboard, curves)."""
+jobs (counts, best configuration, leaderboard, curves), each for one principal: it owns what it
+creates and sees only its own sweeps unless it is an admin."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from sqlalchemy.orm import Session
 from optim_engine.spec import variant_names
 from service import broker
 from service.admission import spec_problems
+from service.auth.principal import Principal
 from service.db import transitions
 from service.db.models import Sweep
 from service.dispatcher import Dispatcher
-from service.errors import InvalidFields, InvalidRequest, field_error
+from service.errors import InvalidFields, field_error
 from service.settings import Settings
 from service.spec_codec import encode, stored_spec
 from service.sweeps import repository
@@ -31,15 +33,17 @@ def create_sweep(
     session: Session,
     body: SweepCreate,
     *,
+    principal: Principal,
     settings: Settings,
     dispatcher: Dispatcher,
     idempotency_key: str | None = None,
 ) -> tuple[Sweep, bool]:
     """Check every job of the sweep (``plan``), then commit the sweep and all its jobs, queued, in
     one transaction and wake the dispatcher, which sends them; returns ``(sweep, created)`` (not
-    created: the idempotency key's first request made it)."""
+    created: the idempotency key's first request by the same owner made it)."""
     trials, packs = plan(body, settings)
     definition = repository.NewSweep(
+        owner=principal.owner,
         name=body.name,
         template=dict(encode(body.base)),
         search=body.search_definition(),
@@ -115,6 +119,7 @@ def describe(
             break
     return SweepOut(
         id=sweep.id,
+        owner=sweep.owner,
         name=sweep.name,
         created_at=sweep.created_at,
         n_jobs=sweep.n_jobs,
@@ -127,18 +132,19 @@ def describe(
     )
 
 
-def get_sweep(session: Session, sweep_id: int) -> SweepOut:
-    return describe(session, repository.get_sweep(session, sweep_id))
+def get_sweep(session: Session, sweep_id: int, principal: Principal) -> SweepOut:
+    return describe(session, repository.get_sweep(session, sweep_id, principal))
 
 
-def list_sweeps(session: Session, *, limit: int, cursor: str | None = None) -> SweepPage:
-    """Sweeps, newest first, with their counts (not their best configuration), one page at a time."""
+def list_sweeps(
+    session: Session, principal: Principal, *, owner: str | None = None, limit: int, cursor: str | None = None
+) -> SweepPage:
+    """The sweeps ``principal`` sees (of ``owner`` only, when given), newest first, with their
+    counts (not their best configuration), one page at a time."""
     before = None
     if cursor is not None:
-        if not cursor.isdigit():
-            raise InvalidRequest("cursor: not a cursor from this list")
-        before = int(cursor)
-    sweeps = repository.list_sweeps(session, limit=limit + 1, before_id=before)
+        before = repository.decode_cursor(cursor)
+    sweeps = repository.list_sweeps(session, principal, owner=owner, limit=limit + 1, before_id=before)
     page = sweeps[:limit]
     counts = repository.status_counts(session, [sweep.id for sweep in page])
     return SweepPage(
@@ -147,19 +153,25 @@ def list_sweeps(session: Session, *, limit: int, cursor: str | None = None) -> S
     )
 
 
-def cancel_sweep(session: Session, sweep_id: int) -> SweepOut:
+def cancel_sweep(session: Session, sweep_id: int, principal: Principal) -> SweepOut:
     """Queued jobs never run; running ones stop at their next epoch boundary; finished ones stay."""
-    sweep = repository.get_sweep(session, sweep_id)
+    sweep = repository.get_sweep(session, sweep_id, principal)
     transitions.cancel_sweep_jobs(session, sweep_id)
     session.commit()
     return describe(session, sweep)
 
 
 def leaderboard(
-    session: Session, sweep_id: int, *, metric: str = "val_loss", mode: str | None = None, which: str = "best"
+    session: Session,
+    sweep_id: int,
+    principal: Principal,
+    *,
+    metric: str = "val_loss",
+    mode: str | None = None,
+    which: str = "best",
 ) -> Leaderboard:
     """Configurations ranked by the mean of the metric over seeds (see ``repository.leaderboard``)."""
-    repository.get_sweep(session, sweep_id)
+    repository.get_sweep(session, sweep_id, principal)
     query = repository.LeaderboardQuery(metric=metric, mode=mode, which=which)
     rows = repository.leaderboard(session, sweep_id, query)
     return Leaderboard(
@@ -180,10 +192,12 @@ class SweepMetrics:
     jobs: list[dict[str, Any]] | None
 
 
-def sweep_metrics(session: Session, sweep_id: int, columns: str, *, with_jobs: bool = True) -> SweepMetrics:
+def sweep_metrics(
+    session: Session, sweep_id: int, principal: Principal, columns: str, *, with_jobs: bool = True
+) -> SweepMetrics:
     """The metric ``columns`` (comma-separated) of every epoch of every job of the sweep, and
     (``with_jobs``) each job's config, seed and status, to label its curve."""
-    repository.get_sweep(session, sweep_id)
+    repository.get_sweep(session, sweep_id, principal)
     wanted = [c.strip() for c in columns.split(",") if c.strip()]
     names, rows = repository.sweep_metrics(session, sweep_id, wanted)
     jobs = repository.sweep_jobs(session, sweep_id) if with_jobs else None

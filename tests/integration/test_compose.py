@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,9 @@ from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 COMPOSE = ROOT / "docker-compose.yml"
+ADMIN_TOKEN = "compose-admin-token-0123456789"
+DOT_ENV = {"OPTIMLAB_API_KEYS": ADMIN_TOKEN}
+"""What an operator's .env holds: the admin token compose requires."""
 
 
 def compose() -> dict[str, Any]:
@@ -47,9 +51,29 @@ def test_compose_declares_what_a_deployment_needs() -> None:
     assert {"pgdata", "checkpoints", "data"} <= set(compose()["volumes"])
 
 
-def _interpolate(value: str) -> str:
-    """Compose's ${NAME:-default} with an empty environment."""
-    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m.group(1), m.group(2)), value)
+def test_compose_turns_auth_on_and_requires_an_admin_key() -> None:
+    """The API listens on 0.0.0.0 in compose: keys are on, and without an admin token in .env
+    compose refuses to start (``${OPTIMLAB_API_KEYS:?...}``) rather than serve an open API."""
+    for name in ("migrate", "api", "worker", "flower"):
+        environment = compose()["services"][name]["environment"]
+        assert environment["OPTIMLAB_AUTH"] == "keys", name
+        with pytest.raises(ValueError, match="OPTIMLAB_API_KEYS"):
+            _interpolate(environment["OPTIMLAB_API_KEYS"], {})
+        assert _interpolate(environment["OPTIMLAB_API_KEYS"], DOT_ENV) == ADMIN_TOKEN
+
+
+def _interpolate(value: str, env: Mapping[str, str] = DOT_ENV) -> str:
+    """Compose's ${NAME:-default} and ${NAME:?error} (unset or empty: the default, or an error)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name, operator, argument = match.groups()
+        if env.get(name):
+            return env[name]
+        if operator == "?":
+            raise ValueError(f"{name}: {argument}")
+        return argument
+
+    return re.sub(r"\$\{(\w+):([-?])([^}]*)\}", substitute, value)
 
 
 def _local_command(command: list[str], ports: dict[str, int]) -> list[str]:
@@ -95,6 +119,8 @@ def test_each_service_command_runs_a_job(tmp_path: Path, logs: Path, postgres: A
     try:
         api = Api(f"http://127.0.0.1:{ports['8000']}")
         wait_for(api.up, 60, "the api service")
+        assert api.http.get("/v1/jobs").status_code == 401  # keys are on
+        api.http.headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
         # The api's own healthcheck command (["CMD", "python", "-c", ...]) against the local port.
         healthcheck = services["api"]["healthcheck"]["test"]
         assert healthcheck[:2] == ["CMD", "python"]

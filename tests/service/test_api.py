@@ -105,10 +105,10 @@ def test_malformed_bodies_are_422(client: TestClient, payload: Any, field: str) 
     assert any(d["field"] == field for d in response.json()["detail"])
 
 
-def test_a_body_that_is_not_json_is_422(client: TestClient) -> None:
+def test_a_body_that_is_not_json_is_400(client: TestClient) -> None:
     response = client.post("/v1/jobs", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422
-    assert response.json()["error"] == "invalid_request"
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_json"
 
 
 def test_resource_caps_are_server_settings(tmp_path: Path, database_url: str) -> None:
@@ -284,9 +284,9 @@ def test_cancel_queued_and_running_and_409_when_finished(client: TestClient, ses
     cancelled = client.post(f"/v1/jobs/{queued}/cancel")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
-    again = client.post(f"/v1/jobs/{queued}/cancel")
-    assert again.status_code == 409
-    assert again.json()["error"] == "illegal_transition"
+    again = client.post(f"/v1/jobs/{queued}/cancel")  # a retried cancel answers the cancelled job
+    assert again.status_code == 200
+    assert again.json()["status"] == "cancelled"
 
     running = client.post("/v1/jobs", json=job_body()).json()["id"]
     advance(sessions, running, losses=[1.0])
@@ -303,7 +303,8 @@ def test_cancel_queued_and_running_and_409_when_finished(client: TestClient, ses
 
 
 def test_api_keys(tmp_path: Path, database_url: str) -> None:
-    settings = service_settings(tmp_path, database_url, api_keys=["k1", "k2"])
+    k1, k2 = "k1-static-admin-token", "k2-static-admin-token"
+    settings = service_settings(tmp_path, database_url, auth="keys", api_keys=[k1, k2])
     with TestClient(create_app(settings)) as keyed:
         assert keyed.get("/healthz").status_code == 200
         missing = keyed.get("/v1/jobs")
@@ -311,16 +312,24 @@ def test_api_keys(tmp_path: Path, database_url: str) -> None:
         assert missing.headers["www-authenticate"] == "Bearer"
         assert missing.json()["error"] == "unauthorized"
         assert keyed.get("/v1/jobs", headers={"Authorization": "Bearer nope"}).status_code == 401
-        assert keyed.get("/v1/jobs", headers={"Authorization": "Basic k1"}).status_code == 401
-        assert keyed.post("/v1/jobs", json=job_body(), headers={"Authorization": "Bearer k2"}).status_code == 201
+        assert keyed.get("/v1/jobs", headers={"Authorization": f"Basic {k1}"}).status_code == 401
+        assert keyed.post("/v1/jobs", json=job_body(), headers={"Authorization": f"Bearer {k2}"}).status_code == 201
         assert keyed.post("/v1/jobs", json=job_body()).status_code == 401
 
 
 def test_api_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.auth.service import ConfigurationError, check_configuration
     from service.settings import Settings
 
-    monkeypatch.setenv("OPTIMLAB_API_KEYS", "alpha, beta,")
-    assert Settings().api_keys == ["alpha", "beta"]
+    monkeypatch.setenv("OPTIMLAB_AUTH", "keys")
+    monkeypatch.setenv("OPTIMLAB_API_KEYS", "alpha-0123456789abcdef, beta-0123456789abcdef")
+    settings = Settings()
+    assert settings.api_keys == ["alpha-0123456789abcdef", "beta-0123456789abcdef"]
+    check_configuration(settings)
+    # A stray comma is an empty key: refused at start, not silently dropped.
+    monkeypatch.setenv("OPTIMLAB_API_KEYS", "alpha-0123456789abcdef, beta-0123456789abcdef,")
+    with pytest.raises(ConfigurationError, match="OPTIMLAB_API_KEYS"):
+        check_configuration(Settings())
 
 
 def test_health_ready_catalog_and_docs(client: TestClient) -> None:

@@ -204,3 +204,38 @@ def test_a_job_without_validation_is_summarized_on_its_training_loss(sessions: s
         "best_loss": 0.1,
         "best_epoch": 2,
     }
+
+
+def test_a_broker_that_lost_its_messages_gets_every_queued_job_again(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarted without persistence lost its messages (its marker key is gone): the
+    dispatcher makes every queued job unsent again (a surviving message is a no-op), and sets the
+    marker only once that committed."""
+    waiting, running = create(sessions, 2)
+    with sessions() as session, session.begin():
+        session.execute(update(Job).values(enqueued_at=OLD))
+        transitions.claim(session, [running], worker="w:1", stale_after_s=60)
+    marker = [True]
+    monkeypatch.setattr(broker, "messages_lost", lambda _settings: not marker[0])
+    monkeypatch.setattr(broker, "mark_messages_kept", lambda _settings: marker.__setitem__(0, True))
+    the_dispatcher = Dispatcher(sessions, broker.make_celery(settings), settings)
+    assert the_dispatcher.recover() == 0  # the messages are kept
+    marker[0] = False  # Redis restarted empty
+    assert the_dispatcher.recover() == 1
+    assert statuses(sessions) == {waiting: ("queued", False), running: ("running", True)}
+    assert marker == [True]
+    assert the_dispatcher.recover() == 0  # once per loss
+
+
+def test_the_marker_says_whether_redis_kept_its_data(redis_url: str, tmp_path: Path) -> None:
+    import redis
+
+    settings = service_settings(tmp_path, "sqlite://", broker_url=f"{redis_url}/13")
+    redis.Redis.from_url(f"{redis_url}/13").flushdb()
+    assert broker.messages_lost(settings)  # nothing marked yet: a resend is harmless
+    broker.mark_messages_kept(settings)
+    assert not broker.messages_lost(settings)
+    redis.Redis.from_url(f"{redis_url}/13").flushdb()  # what a restart without persistence does
+    assert broker.messages_lost(settings)
+    assert not broker.messages_lost(service_settings(tmp_path, "sqlite://"))  # not Redis: never
