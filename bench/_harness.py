@@ -1,5 +1,5 @@
-"""What both service benchmarks need: a migrated database, optimlab processes started with a
-given environment, an HTTP client that waits for /healthz, and percentiles."""
+"""What the service benchmarks need: a migrated database, optimlab processes started with a
+given environment, an HTTP client that waits for /healthz, a wait for a worker, and percentiles."""
 
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def api_client(stack: ExitStack, port: int, timeout: float = 60) -> httpx.Client
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"the API on port {port} did not start")
+        time.sleep(0.1)
+
+
+def wait_ready(log: Path, timeout: float = 60) -> None:
+    """Wait until the worker logging to ``log`` says it is ready (its pool imported torch)."""
+    deadline = time.monotonic() + timeout
+    while b"ready." not in log.read_bytes():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the worker did not start; see {log}")
         time.sleep(0.1)
 
 

@@ -99,30 +99,62 @@ def postgres_server() -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@contextmanager
-def redis_server() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        _missing("redis-server")
-    assert binary is not None
-    root = Path(tempfile.mkdtemp(prefix="optimlab-redis-"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--dir", str(root), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
+@dataclass
+class RedisServer:
+    """A redis-server of the tests' own. ``stop`` and ``start`` make an outage on the same port;
+    with ``appendonly`` its data (queued and unacknowledged messages) survives it, without it
+    a restart comes back empty, as a Redis without persistence does."""
+
+    port: int
+    root: Path
+    appendonly: bool = False
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        persistence = ["--save", "", "--appendonly", "yes" if self.appendonly else "no"]
+        self.proc = subprocess.Popen(
+            [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.root), *persistence],
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
             except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        """A clean shutdown (SIGTERM): with ``appendonly`` the AOF is flushed, else nothing is kept."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+@contextmanager
+def redis_instance(*, appendonly: bool = False) -> Iterator[RedisServer]:
+    """A started ``RedisServer`` on a free port, stopped and deleted at the end."""
+    if shutil.which("redis-server") is None:
+        _missing("redis-server")
+    server = RedisServer(free_port(), Path(tempfile.mkdtemp(prefix="optimlab-redis-")), appendonly)
+    try:
+        server.start()
+        yield server
     finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(root, ignore_errors=True)
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@contextmanager
+def redis_server(*, appendonly: bool = False) -> Iterator[str]:
+    """The URL of a fresh redis-server (see ``redis_instance``)."""
+    with redis_instance(appendonly=appendonly) as server:
+        yield server.url

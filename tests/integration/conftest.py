@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,10 +47,13 @@ def wait_for(predicate: Callable[[], T | None], timeout: float = 60, what: str =
 
 
 class Proc:
-    """A child process in its own process group, with its output in a log file."""
+    """A child process in its own process group, with its output in a log file. Every signal the
+    test sends is recorded with its time (``signals``): the fault suite's invariants need to
+    know when a worker died or was frozen."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> None:
         self.log = log
+        self.signals: list[tuple[float, int]] = []
         self._out = log.open("ab")
         self.popen = subprocess.Popen(
             args, env=env, cwd=cwd, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
@@ -60,16 +64,31 @@ class Proc:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen.poll() is None:
-            os.killpg(self.popen.pid, sig)
+            self.signals.append((time.time(), sig))
+            with suppress(ProcessLookupError):  # it exited just now
+                os.killpg(self.popen.pid, sig)
+
+    def terminate(self) -> None:
+        """SIGTERM (and SIGCONT, so that a frozen process handles it); ``stop`` waits."""
+        self.kill(signal.SIGTERM)
+        self.kill(signal.SIGCONT)
 
     def stop(self, grace: float = 15) -> None:
-        self.kill(signal.SIGTERM)
+        stop_all([self], grace)
+
+
+def stop_all(procs: list[Proc], grace: float = 15) -> None:
+    """SIGTERM every process at once, then wait for each; SIGKILL what is left after ``grace``."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
         try:
-            self.popen.wait(grace)
+            proc.popen.wait(max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            self.popen.wait()
-        self._out.close()
+            proc.kill(signal.SIGKILL)
+            proc.popen.wait()
+        proc._out.close()
 
 
 def optimlab(*args: str) -> list[str]:
@@ -192,61 +211,103 @@ class Deployment:
     workers: list[Proc]
     redis_url: str
     api_proc: Proc | None = None
+    gone: list[Proc] = field(default_factory=list)  # workers killed (and replaced)
+    old_apis: list[Proc] = field(default_factory=list)  # API processes replaced by ``start_api``
 
-    def start_api(self, **env: str) -> Api:
-        """Start an API process (``env`` overrides this deployment's); it becomes ``self.api``."""
-        port = free_port()
+    @property
+    def database_url(self) -> str:
+        return self.env["OPTIMLAB_DATABASE_URL"]
+
+    def start_api(self, port: int | None = None, wait: bool = True, **env: str) -> Api:
+        """Start an API process (``env`` overrides this deployment's) on ``port`` (default: a free
+        one); it becomes ``self.api`` and ``self.api_proc``."""
+        port = port or free_port()
+        if self.api_proc is not None:
+            self.old_apis.append(self.api_proc)
         self.api_proc = Proc(optimlab("api", "--port", str(port)), self.env | env, self.logs / f"api-{port}.log")
         self.api = Api(f"http://127.0.0.1:{port}")
-        wait_for(self.api.up, 60, "the API")
+        if wait:
+            wait_for(self.api.up, 60, "the API")
         return self.api
 
-    def start_worker(self, name: str) -> Proc:
+    def start_worker(self, name: str, wait: bool = True) -> Proc:
         proc = Proc(
             optimlab("worker", "--queues", "cpu", "--gpus", "none", "--name", f"{name}@%h"),
             self.env,
             self.logs / f"{name}.log",
         )
-        wait_for(lambda: "ready." in proc.output(), 60, f"worker {name} to be ready")
         self.workers.append(proc)
+        if wait:
+            wait_ready(proc, name)
         return proc
+
+    def start_workers(self, *names: str) -> list[Proc]:
+        """Start the workers together (their torch imports overlap), then wait for each."""
+        procs = [self.start_worker(name, wait=False) for name in names]
+        for proc, name in zip(procs, names, strict=True):
+            wait_ready(proc, name)
+        return procs
+
+    def every_worker(self) -> list[Proc]:
+        """Every worker this deployment started, killed ones included."""
+        return [*self.gone, *self.workers]
 
     def replace_worker_of(self, job: dict[str, Any]) -> None:
         """SIGKILL the worker process running ``job`` (and its pool child, mid-epoch: no ack, no
         cleanup), then start a fresh one."""
-        child_pid = int(job["worker"].rsplit(":", 1)[1])
-        victim = next(w for w in self.workers if w.popen.pid == os.getpgid(child_pid))
+        victim = self.worker_of(job)
         victim.kill(signal.SIGKILL)
         self.workers.remove(victim)
-        self.start_worker(f"w{len(self.workers) + 10}")
+        self.gone.append(victim)
+        self.start_worker(f"w{len(self.every_worker()) + 10}")
+
+    def kill_workers(self) -> None:
+        """SIGKILL every live worker (each with its pool child) at once."""
+        for worker in self.workers:
+            worker.kill(signal.SIGKILL)
+        self.gone += self.workers
+        self.workers = []
+
+    def worker_of(self, job: dict[str, Any]) -> Proc:
+        """The worker process whose pool child runs ``job`` (by the job's ``worker``, host:pid)."""
+        child_pid = int(job["worker"].rsplit(":", 1)[1])
+        return next(w for w in self.workers if w.popen.pid == os.getpgid(child_pid))
+
+    def stop(self) -> None:
+        stop_all([p for p in [self.api_proc, *self.old_apis, *self.gone, *self.workers] if p is not None])
+
+
+def wait_ready(proc: Proc, name: str) -> None:
+    wait_for(lambda: "ready." in proc.output(), 60, f"worker {name} to be ready")
+
+
+@contextmanager
+def deployed(database_url: str, broker_url: str, home: Path, logs: Path, **env: str) -> Iterator[Deployment]:
+    """An API process and two prefork workers (w1, w2) on a migrated database and a broker,
+    started together; every process this deployment started is stopped at the end."""
+    env = service_env(
+        OPTIMLAB_DATABASE_URL=database_url, OPTIMLAB_BROKER_URL=broker_url, OPTIMLAB_HOME=str(home), **env
+    )
+    deployment = Deployment(Api("http://127.0.0.1:1"), env, logs, [], broker_url)
+    try:
+        deployment.start_api(wait=False)
+        deployment.start_workers("w1", "w2")
+        wait_for(deployment.api.up, 60, "the API")
+        yield deployment
+    finally:
+        deployment.stop()
 
 
 @pytest.fixture
 def deployment(
     request: pytest.FixtureRequest, tmp_path: Path, logs: Path, postgres: Any, redis_url: str
 ) -> Iterator[Deployment]:
+    """`deployed` on a fresh database of the session's PostgreSQL and a flushed Redis database;
+    ``request.param`` (indirect parametrization) adds settings."""
     database_url = postgres.url(postgres.create_database())
     upgrade(database_url)
     db_index = 1 + int(time.monotonic_ns() % 14)
     broker_url = f"{redis_url}/{db_index}"
     redis.Redis.from_url(broker_url).flushdb()
-    env = service_env(
-        OPTIMLAB_DATABASE_URL=database_url,
-        OPTIMLAB_BROKER_URL=broker_url,
-        OPTIMLAB_HOME=str(tmp_path / "home"),
-        **getattr(request, "param", {}),
-    )
-    deployment = Deployment(Api("http://127.0.0.1:1"), env, logs, [], broker_url)
-    apis: list[Proc] = []
-    try:
-        deployment.start_api()
-        assert deployment.api_proc is not None
-        apis.append(deployment.api_proc)
-        deployment.start_worker("w1")
-        deployment.start_worker("w2")
-        yield deployment
-    finally:
-        if deployment.api_proc is not None and deployment.api_proc not in apis:
-            apis.append(deployment.api_proc)
-        for proc in [*apis, *deployment.workers]:
-            proc.stop()
+    with deployed(database_url, broker_url, tmp_path / "home", logs, **getattr(request, "param", {})) as running:
+        yield running

@@ -1,4 +1,6 @@
-"""The deployed shape: an API process, two Celery worker processes on one queue, PostgreSQL and Redis."""
+"""The deployed shape: an API process, two Celery worker processes on one queue, PostgreSQL and Redis.
+
+The faults (processes killed or frozen, Redis or PostgreSQL stopped) are in ``tests/faults``."""
 
 from __future__ import annotations
 
@@ -45,52 +47,6 @@ def test_two_workers_consume_one_queue(deployment: Deployment) -> None:
         assert job["attempt"] == 1
     worker_hosts = {job["worker"] for job in [final, *done]}
     assert len(worker_hosts) == 2, f"both worker processes took jobs: {worker_hosts}"
-
-
-@pytest.mark.parametrize(
-    "deployment",
-    [
-        pytest.param({}, id="recovered-by-heartbeat-or-redelivery"),
-        # Reaper off: only Redis's visibility timeout brings the task back; its claim succeeds
-        # because the dead attempt's heartbeat is stale by then.
-        pytest.param({"OPTIMLAB_REAPER_INTERVAL_S": "0", "OPTIMLAB_VISIBILITY_TIMEOUT_S": "8"}, id="redis-redelivery"),
-    ],
-    indirect=True,
-)
-def test_sigkill_mid_job_resumes_from_the_checkpoint(deployment: Deployment) -> None:
-    api = deployment.api
-    job = api.submit(slow_spec(40))
-    checkpoint = Path(deployment.env["OPTIMLAB_HOME"]) / "checkpoints" / str(job["id"]) / "checkpoint.pt"
-    wait_for(checkpoint.exists, 60, "the first checkpoint (OPTIMLAB_CHECKPOINT_EVERY_S, 1 s by default)")
-    running = api.job(job["id"])
-    assert running["status"] == "running"
-    deployment.replace_worker_of(running)
-    done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
-    assert done["status"] == "succeeded", done
-    assert done["attempt"] == 2
-    assert done["summary"]["resumed_from_epoch"] >= 1, "it resumed from its checkpoint, not from epoch 1"
-    assert_every_epoch_once(api.metrics(job["id"]), 40)
-
-
-def test_sigkill_mid_pack_resumes_every_job_from_the_pack_checkpoint(deployment: Deployment) -> None:
-    api = deployment.api
-    body = {"base": slow_spec(40), "grid": {"optimizer.lr": [0.01, 0.02]}, "seeds": [0, 1], "execution": "packed"}
-    response = api.http.post("/v1/sweeps", json=body)
-    assert response.status_code == 201, response.text
-    jobs = api.http.get("/v1/jobs", params={"sweep_id": response.json()["id"]}).json()["items"]
-    (pack_id,) = {job["pack_id"] for job in jobs}
-    checkpoint = Path(deployment.env["OPTIMLAB_HOME"]) / "checkpoints" / f"pack-{pack_id}" / "pack.pt"
-    wait_for(checkpoint.exists, 60, "the pack's first checkpoint")
-    running = [api.job(job["id"]) for job in jobs]
-    assert {job["status"] for job in running} == {"running"}
-    assert len({job["worker"] for job in running}) == 1, "one worker trains the whole pack"
-    deployment.replace_worker_of(running[0])
-    for job in jobs:
-        done = api.wait_status(job["id"], "succeeded", "failed", timeout=120)
-        assert done["status"] == "succeeded", done
-        assert done["attempt"] == 2
-        assert done["summary"]["resumed_from_epoch"] >= 1, "it resumed from the pack's checkpoint"
-        assert_every_epoch_once(api.metrics(job["id"]), 40)
 
 
 def test_a_redelivered_task_for_a_finished_job_changes_nothing(deployment: Deployment) -> None:
