@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
+from service import embedded_broker
 from service.settings import Settings
 
 RUN = "workers.run"
@@ -29,7 +30,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         folder = settings.broker_folder()
         for sub in ("queue", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
-        broker = "filesystem://"
+        broker = f"{embedded_broker.SCHEME}://"  # kombu's filesystem transport, writing atomically
         options = {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
