@@ -79,7 +79,8 @@ def test_the_api_sigkilled_mid_post_is_retried_into_one_sweep(deployment: Deploy
         assert not poster.is_alive(), "the client's retry ended"
         in_flight = len(transport.requests) >= 2
         assert in_flight or delay == DELAYS_S[-1], f"killed {delay} s after sending: the POST was answered first"
-        assert all(at > killed_at for at in transport.answers), "no answer came from the killed process"
+        if in_flight:
+            assert all(at > killed_at for at in transport.answers), "no answer came from the killed process"
     assert len(created) == len(DELAYS_S)
     assert {sweep["n_jobs"] for sweep in created} == {300}
     assert _sweep_sizes(deployment.database_url) == {sweep["id"]: 300 for sweep in created}, "one sweep per call"
