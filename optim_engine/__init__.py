@@ -12,21 +12,24 @@ from optim_engine._catalog import catalog
 from optim_engine.packing import PackCheck, can_pack, pack_key
 from optim_engine.plugins import OptimizerPlugin
 from optim_engine.results import EpochMetrics, TrainResult
-from optim_engine.spec import JobSpec
+from optim_engine.spec import SURFACES, JobSpec, LRRangeTest, Surface
 
 if TYPE_CHECKING:
     from optim_engine._datasets import TensorData, build_dataset
-    from optim_engine._loop import resolve_device, train
+    from optim_engine._loop import resolve_device
     from optim_engine._models import build_loss, build_model
     from optim_engine._optim import build_optimizer, build_scheduler
     from optim_engine._packed import train_packed
-    from optim_engine._trials import train_trials
+    from optim_engine._trials import train, train_trials
 
 __all__ = [
+    "SURFACES",
     "EpochMetrics",
     "JobSpec",
+    "LRRangeTest",
     "OptimizerPlugin",
     "PackCheck",
+    "Surface",
     "TensorData",
     "TrainResult",
     "build_dataset",
@@ -46,7 +49,7 @@ __all__ = [
 _LAZY = {
     "TensorData": "optim_engine._datasets",
     "build_dataset": "optim_engine._datasets",
-    "train": "optim_engine._loop",
+    "train": "optim_engine._trials",
     "train_packed": "optim_engine._packed",
     "train_trials": "optim_engine._trials",
     "resolve_device": "optim_engine._loop",

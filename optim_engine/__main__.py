@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"invalid spec {args.spec}: {'.'.join(loc)}: {msg}", file=sys.stderr)
         return 2
 
-    from optim_engine._loop import train  # torch loads only once the spec is known to be valid
+    from optim_engine._trials import train  # torch loads only once the spec is known to be valid
 
     print(f"{'epoch':>5} {'train_loss':>12} {'val_loss':>12} {'val_acc':>8} {'lr':>10} {'s':>7}")
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "diverged_epoch": result.diverged_epoch,
         "final": result.final.as_dict() if result.final else None,
         "environment": result.environment,
+        "artifacts": result.artifacts,
     }
     print(json.dumps(summary, indent=2, allow_nan=True))
     return 0

@@ -41,6 +41,14 @@ def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
         entry["tasks"] = list(variant.tasks)  # type: ignore[attr-defined]
     if kind == "dataset" and name in ("mnist", "fashion_mnist", "cifar10"):
         entry["requires"] = "files under OPTIMLAB_DATA_DIR (or OPTIMLAB_ALLOW_DOWNLOAD=true with torchvision)"
+    if kind == "dataset" and name in _spec.SURFACES:  # a 2-D function: what its plot and its runs start from
+        found = _spec.SURFACES[name]
+        entry["description"] = found.description
+        entry["surface"] = {
+            "start": list(found.start),
+            "bounds": [list(found.bounds[0]), list(found.bounds[1])],
+            "minimum": list(found.minimum) if found.minimum is not None else None,
+        }
     return entry
 
 

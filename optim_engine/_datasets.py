@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -16,11 +16,14 @@ from optim_engine.spec import (
     BCEWithLogitsLoss,
     DatasetInfo,
     JobSpec,
+    QuadraticDataset,
     SklearnDataset,
+    SurfaceDataset,
     SyntheticClassificationDataset,
     SyntheticRegressionDataset,
     VisionDataset,
 )
+from optim_engine.spec.datasets import SURFACE_NAMES
 from optim_engine.spec.host import dataset_info, file_arrays, resolve_root
 
 
@@ -97,6 +100,10 @@ def _download_vision(name: str, root: Path) -> None:
         getattr(torchvision.datasets, cls)(str(root), train=train, download=True)
 
 
+def _no_data(spec: Any, _: Path) -> NoReturn:
+    raise ValueError(f"{spec.name} is a 2-D function, not data: optim_engine.train runs it on a point model")
+
+
 DATASETS: dict[str, Callable[[Any, Path], _data_files.ArrayData]] = {
     "synthetic_regression": _synthetic_regression,
     "synthetic_classification": _synthetic_classification,
@@ -104,6 +111,7 @@ DATASETS: dict[str, Callable[[Any, Path], _data_files.ArrayData]] = {
     "npz": file_arrays,
     "csv": file_arrays,
     **{name: _vision for name in ("mnist", "fashion_mnist", "cifar10")},
+    **{name: _no_data for name in SURFACE_NAMES},
 }
 
 
@@ -130,6 +138,8 @@ def build_dataset(
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     root = resolve_root(data_root)
     info = dataset_info(spec.dataset, root)
+    if isinstance(spec.dataset, SurfaceDataset | QuadraticDataset):
+        _no_data(spec.dataset, root)
     arrays = DATASETS[spec.dataset.name](spec.dataset, root)
     x_train, y_train, x_val, y_val = _split(arrays, spec.dataset.val_fraction, spec.dataset.split_seed)
     # Explicit widths, not -1: an empty validation split (val_fraction 0) has no width to infer.

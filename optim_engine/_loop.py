@@ -64,7 +64,9 @@ def machine(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _environment(spec: JobSpec, device: torch.device, optimizer: torch.optim.Optimizer, bf16: bool) -> dict[str, Any]:
+def run_environment(
+    spec: JobSpec, device: torch.device, optimizer: torch.optim.Optimizer, bf16: bool
+) -> dict[str, Any]:
     return {
         **machine(device),
         "dtype": "bfloat16-autocast" if bf16 else "float32",
@@ -119,7 +121,7 @@ def train(
 
 
 @dataclass
-class _Setup:
+class Setup:
     """What a run trains with, built from its spec."""
 
     device: torch.device
@@ -133,7 +135,7 @@ class _Setup:
     bf16: bool
 
 
-def _setup(spec: JobSpec) -> _Setup:
+def build_setup(spec: JobSpec) -> Setup:
     device = resolve_device(spec.device)
     data = build_dataset(spec, device)
     model = build_model(spec).to(device)
@@ -142,7 +144,7 @@ def _setup(spec: JobSpec) -> _Setup:
     loss_fn = build_loss(spec)
     bf16 = spec.precision == "bf16" and device.type in ("cuda", "cpu")
     forward = torch.compile(model) if spec.compile else model
-    return _Setup(device, data, model, forward, optimizer, scheduler, steps_per_batch(spec), loss_fn, bf16)
+    return Setup(device, data, model, forward, optimizer, scheduler, steps_per_batch(spec), loss_fn, bf16)
 
 
 def _run(
@@ -153,11 +155,11 @@ def _run(
     cadence: CheckpointCadence,
     may_checkpoint: Callable[[], bool] | None,
 ) -> TrainResult:
-    run = _setup(spec)
+    run = build_setup(spec)
     torch.manual_seed(_seeding.dropout_seed(spec.seed))
     spec_hash = spec.spec_hash()
     state, resumed_from = _resume(checkpoint_dir, spec_hash, run.model, run.optimizer, run.scheduler)
-    environment = _environment(spec, run.device, run.optimizer, run.bf16)
+    environment = run_environment(spec, run.device, run.optimizer, run.bf16)
     if state.stopped(spec.early_stopping):
         # Restored from the checkpoint of an epoch that had already stopped the run early.
         return TrainResult("early_stopped", state.history, environment, resumed_from_epoch=resumed_from)
@@ -220,7 +222,7 @@ Halt = Callable[[], bool] | None
 
 
 def _epoch(
-    spec: JobSpec, epoch: int, run: _Setup, first_loss: float | None, halt: Halt
+    spec: JobSpec, epoch: int, run: Setup, first_loss: float | None, halt: Halt
 ) -> tuple[EpochMetrics, float | None] | None:
     """One epoch: its metrics and the run's first batch loss; None when ``halt`` interrupted it."""
     started = time.perf_counter()
@@ -265,7 +267,7 @@ def _epoch(
 def _steps(
     spec: JobSpec,
     epoch: int,
-    run: _Setup,
+    run: Setup,
     autocast: AbstractContextManager[Any],
     need_first: bool,
     halt: Halt,
@@ -276,7 +278,6 @@ def _steps(
     per_step_scheduler = run.scheduler if run.per_step else None  # ``after_epoch`` steps the others
     params = [p for group in optimizer.param_groups for p in group["params"]]
     clip = spec.grad_clip_norm
-    lbfgs = isinstance(optimizer, torch.optim.LBFGS)
     # One gather per epoch, then each batch is a view: no per-batch indexing or DataLoader.
     order = _seeding.epoch_permutation(data.x_train.shape[0], spec.seed, epoch).to(device)
     x_all, y_all = data.x_train[order], data.y_train[order]
@@ -288,34 +289,54 @@ def _steps(
             return None
         xb, yb = x_all[start : start + spec.batch_size], y_all[start : start + spec.batch_size]
 
-        def closure(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
+        def batch_loss(xb: torch.Tensor = xb, yb: torch.Tensor = yb) -> torch.Tensor:
             with autocast:
-                loss = loss_fn(model(xb), yb)
-            loss.backward()
-            if clip is not None:
-                clipped_from[:] = [torch.nn.utils.clip_grad_norm_(params, clip)]
-            return loss
+                return loss_fn(model(xb), yb)  # type: ignore[no-any-return]
 
-        loss: torch.Tensor
-        if lbfgs:
-            loss = optimizer.step(closure)  # type: ignore[arg-type,assignment]
-        else:
-            loss = closure()
-            optimizer.step()
+        loss = optimizer_step(optimizer, params, batch_loss, clip, clipped_from)
         if per_step_scheduler is not None:
             per_step_scheduler.step()
         # Accumulate on the device: no .item() (a CPU-GPU sync) inside the step loop.
         loss_sum.add_(loss.detach(), alpha=xb.shape[0])
         if first is None and need_first:
             first = loss.detach()
-    grads = [p.grad for p in params if p.grad is not None]
-    grad_norm = torch.zeros((), device=device)
+    return loss_sum, first, last_grad_norm(params, clipped_from, device)
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    compute_loss: Callable[[], torch.Tensor],
+    clip: float | None,
+    clipped_from: list[torch.Tensor],
+) -> torch.Tensor:
+    """One optimizer step on ``compute_loss`` (which L-BFGS re-evaluates through its closure);
+    returns the loss where the step started. With ``clip`` the global gradient norm of
+    ``params`` is clipped to it, and its norm before clipping is left in ``clipped_from``."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = compute_loss()
+        loss.backward()
+        if clip is not None:
+            clipped_from[:] = [torch.nn.utils.clip_grad_norm_(params, clip)]
+        return loss
+
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return optimizer.step(closure)  # type: ignore[arg-type,return-value]
+    loss = closure()
+    optimizer.step()
+    return loss
+
+
+def last_grad_norm(params: list[torch.Tensor], clipped_from: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The global gradient norm of the last step, before clipping (``optimizer_step``'s record)."""
     if clipped_from:
-        grad_norm = clipped_from[0]
-    elif grads:
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
-    return loss_sum, first, grad_norm
+        return clipped_from[0]
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), device=device)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
 
 @torch.no_grad()

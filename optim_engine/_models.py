@@ -1,4 +1,4 @@
-"""Model and loss registries: spec in, ``nn.Module`` out."""
+"""Model and loss registries: spec in, ``nn.Module`` out (a 2-D function's point and value too)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from optim_engine import _seeding
-from optim_engine.spec import CNNParams, DatasetInfo, JobSpec, MLPParams, output_size
+from optim_engine.spec import CNNParams, DatasetInfo, JobSpec, MLPParams, PointModel, PointParams, output_size, surface
 from optim_engine.spec.host import dataset_info, resolve_root
+
+POINT_DTYPE = torch.float64
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -60,11 +62,39 @@ def _cnn(params: CNNParams, _: int, n_out: int, info: DatasetInfo) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class Point(nn.Module):
+    """The two coordinates a 2-D function run moves; ``forward`` returns them as one tensor."""
+
+    def __init__(self, start: tuple[float, float]) -> None:
+        super().__init__()
+        self.xy = nn.Parameter(torch.tensor(start, dtype=POINT_DTYPE))
+
+    def forward(self) -> torch.Tensor:
+        return self.xy
+
+
+class SurfaceValue(nn.Module):
+    """The ``value`` loss: a 2-D function evaluated at a point's coordinates."""
+
+    def __init__(self, dataset: Any) -> None:
+        super().__init__()
+        self.surface = surface(dataset.name, getattr(dataset.params, "condition", None))
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        return self.surface.value(xy[0], xy[1], torch)  # type: ignore[no-any-return]
+
+
+def _point(params: PointParams, _: int, __: int, ___: DatasetInfo) -> nn.Module:
+    assert params.start is not None  # build_model fills in the function's standard start
+    return Point(params.start)
+
+
 MODELS: dict[str, Callable[[Any, int, int, DatasetInfo], nn.Module]] = {
     "linear": _linear,
     "logistic_regression": _linear,
     "mlp": _mlp,
     "cnn": _cnn,
+    "point": _point,
 }
 
 
@@ -74,7 +104,10 @@ def build_model(spec: JobSpec | dict[str, Any], *, data_root: Path | None = None
     info = dataset_info(spec.dataset, resolve_root(data_root))
     builder = MODELS[spec.model.name]
     n_out = output_size(spec.loss, info)
-    return _seeding.init_weights(spec.seed, lambda: builder(spec.model.params, info.n_features, n_out, info))
+    params: Any = spec.model.params
+    if isinstance(spec.model, PointModel) and params.start is None:
+        params = params.model_copy(update={"start": surface(spec.dataset.name).start})
+    return _seeding.init_weights(spec.seed, lambda: builder(params, info.n_features, n_out, info))
 
 
 def build_loss(spec: JobSpec) -> nn.Module:
@@ -87,11 +120,12 @@ def build_loss(spec: JobSpec) -> nn.Module:
         "huber": lambda: nn.HuberLoss(delta=loss.delta),
         "cross_entropy": lambda: nn.CrossEntropyLoss(label_smoothing=loss.label_smoothing),
         "bce_with_logits": nn.BCEWithLogitsLoss,
+        "value": lambda: SurfaceValue(spec.dataset),
     }
     return builders[loss.name]()
 
 
-LOSSES = ("mse", "l1", "smooth_l1", "huber", "cross_entropy", "bce_with_logits")
+LOSSES = ("mse", "l1", "smooth_l1", "huber", "cross_entropy", "bce_with_logits", "value")
 
 
 def count_correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

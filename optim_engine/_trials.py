@@ -1,4 +1,5 @@
-"""``train_trials(specs)``: the one entry point that picks the training loop, plain or packed."""
+"""``train_trials(specs)`` and ``train(spec)``: the one place that picks the loop, plain or packed,
+or a spec's own (an LR range test, a 2-D function)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,46 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from optim_engine._loop import train
+from optim_engine import _loop
 from optim_engine._packed import train_packed
 from optim_engine._policy import STOP_POLL_S
+from optim_engine._range_test import train_range_test
+from optim_engine._surface import train_surface
 from optim_engine.results import EpochMetrics, TrainResult
-from optim_engine.spec import JobSpec
+from optim_engine.spec import JobSpec, PointModel
+
+
+def train(
+    spec: JobSpec | dict[str, Any],
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every_s: float = 0.0,
+    num_threads: int | None = None,
+    stop_poll_s: float = STOP_POLL_S,
+    may_checkpoint: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Train one spec alone, with the loop that fits it: an LR range test's (``lr_range_test``),
+    a 2-D function's (``point`` model), else the plain loop; the arguments are each loop's
+    (``optim_engine._loop.train`` documents them). A range test reports no epochs and keeps no
+    checkpoint; every result may carry ``artifacts``."""
+    spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
+    loop = _loop.train
+    if spec.lr_range_test is not None:
+        loop = train_range_test
+    elif isinstance(spec.model, PointModel):
+        loop = train_surface
+    return loop(
+        spec,
+        on_epoch=on_epoch,
+        should_stop=should_stop,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every_s=checkpoint_every_s,
+        num_threads=num_threads,
+        stop_poll_s=stop_poll_s,
+        may_checkpoint=may_checkpoint,
+    )
 
 
 def train_trials(
@@ -29,8 +65,9 @@ def train_trials(
 ) -> list[TrainResult]:
     """Train ``specs``, each as its own trial, with the loop that fits: the choice is made here only.
 
-    The plain loop (``train``) trains one spec with any model and optimizer; the packed loop
-    (``train_packed``) trains specs that ``can_pack`` accepts as one pack, a pack of one included.
+    ``train`` trains one spec alone (any model and optimizer, a range test, a 2-D function);
+    the packed loop (``train_packed``) trains specs that ``can_pack`` accepts as one pack, a
+    pack of one included (never a range test or a 2-D function: ``unpackable`` says why).
     Either way the callbacks and results speak of trials by their position in ``specs``.
 
     Args:

@@ -62,6 +62,8 @@ def unpackable(spec: JobSpec) -> list[FieldProblem]:
         problems.append((("compile",), "a pack is not compiled; set compile to false"))
     if spec.precision != "fp32":
         problems.append((("precision",), f"{spec.precision} is not packable; packs train in fp32"))
+    if spec.lr_range_test is not None:
+        problems.append((("lr_range_test",), "a range test runs alone: it sets its own lr every step"))
     return problems
 
 

@@ -48,13 +48,19 @@ class EpochMetrics:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The outcome of ``train``: how the run ended, every epoch's metrics and where it ran."""
+    """The outcome of ``train``: how the run ended, every epoch's metrics and where it ran.
+
+    ``artifacts`` is what a run stores besides its epochs, JSON-ready (plain floats, no NaN or
+    inf: None instead): a range test's curve and suggestions (``"kind": "lr_range_test"``), a
+    2-D function's path (``"kind": "trajectory"``); None for plain training.
+    """
 
     outcome: Outcome
     history: list[EpochMetrics]
     environment: dict[str, Any] = field(default_factory=dict)
     diverged_epoch: int | None = None
     resumed_from_epoch: int | None = None
+    artifacts: dict[str, Any] | None = None
 
     @property
     def epochs_done(self) -> int:

@@ -19,7 +19,11 @@ from optim_engine.spec.datasets import (
     FileParams,
     NpzDataset,
     NpzParams,
+    QuadraticDataset,
+    QuadraticParams,
     SklearnDataset,
+    SurfaceDataset,
+    SurfaceParams,
     SyntheticClassificationDataset,
     SyntheticClassificationParams,
     SyntheticRegressionDataset,
@@ -31,7 +35,7 @@ from optim_engine.spec.datasets import (
 )
 from optim_engine.spec.errors import SPEC_ERROR, FieldProblem, error_details
 from optim_engine.spec.host import dataset_info, file_arrays, file_shape, host_problems
-from optim_engine.spec.job import DivergencePolicy, EarlyStopping, JobSpec
+from optim_engine.spec.job import DivergencePolicy, EarlyStopping, JobSpec, LRRangeTest
 from optim_engine.spec.losses import (
     BCEWithLogitsLoss,
     CrossEntropyLoss,
@@ -40,6 +44,7 @@ from optim_engine.spec.losses import (
     LossSpec,
     MSELoss,
     SmoothL1Loss,
+    ValueLoss,
     output_size,
 )
 from optim_engine.spec.models import (
@@ -52,6 +57,8 @@ from optim_engine.spec.models import (
     MLPModel,
     MLPParams,
     ModelSpec,
+    PointModel,
+    PointParams,
 )
 from optim_engine.spec.optimizers import (
     OPTIMIZER_VARIANTS,
@@ -60,6 +67,7 @@ from optim_engine.spec.optimizers import (
     OptimizerSpec,
 )
 from optim_engine.spec.schedulers import REJECTED_SCHEDULERS, SCHEDULER_VARIANTS, SchedulerSpec
+from optim_engine.spec.surfaces import SURFACES, Surface, grid, surface
 
 __all__ = [
     "OPTIMIZER_VARIANTS",
@@ -68,6 +76,7 @@ __all__ = [
     "REJECTED_SCHEDULERS",
     "SCHEDULER_VARIANTS",
     "SPEC_ERROR",
+    "SURFACES",
     "BCEWithLogitsLoss",
     "CNNModel",
     "CNNParams",
@@ -85,6 +94,7 @@ __all__ = [
     "HuberLoss",
     "JobSpec",
     "L1Loss",
+    "LRRangeTest",
     "LinearModel",
     "LinearParams",
     "LogisticRegressionModel",
@@ -97,15 +107,23 @@ __all__ = [
     "NpzDataset",
     "NpzParams",
     "OptimizerSpec",
+    "PointModel",
+    "PointParams",
+    "QuadraticDataset",
+    "QuadraticParams",
     "SchedulerSpec",
     "SklearnDataset",
     "SmoothL1Loss",
     "StrictModel",
+    "Surface",
+    "SurfaceDataset",
+    "SurfaceParams",
     "SyntheticClassificationDataset",
     "SyntheticClassificationParams",
     "SyntheticRegressionDataset",
     "SyntheticRegressionParams",
     "Task",
+    "ValueLoss",
     "VisionDataset",
     "VisionParams",
     "cost_problems",
@@ -114,9 +132,11 @@ __all__ = [
     "estimate",
     "file_arrays",
     "file_shape",
+    "grid",
     "host_problems",
     "output_size",
     "parameter_count",
     "static_info",
+    "surface",
     "variant_names",
 ]

@@ -17,6 +17,8 @@ from optim_engine.spec.datasets import (
     CsvDataset,
     DatasetInfo,
     NpzDataset,
+    QuadraticDataset,
+    SurfaceDataset,
     SyntheticClassificationDataset,
     SyntheticRegressionDataset,
     VisionDataset,
@@ -24,7 +26,7 @@ from optim_engine.spec.datasets import (
 from optim_engine.spec.errors import FieldProblem
 from optim_engine.spec.job import JobSpec
 from optim_engine.spec.losses import BCEWithLogitsLoss, output_size
-from optim_engine.spec.models import CNNModel, MLPModel
+from optim_engine.spec.models import CNNModel, MLPModel, PointModel
 
 FLOAT_BYTES = 4
 UNKNOWN_OPTIMIZER_STATE = 4
@@ -65,7 +67,7 @@ class Cost:
     optimizer_state: int  # floats: parameters x the optimizer's state tensors per parameter
     dataset_bytes: int  # the train and validation tensors: samples x (features + targets)
     outputs: int  # the model's outputs: classes, targets, or 1 for bce_with_logits
-    steps: int  # optimizer steps: epochs x ceil(train samples / batch_size)
+    steps: int  # optimizer steps: epochs x ceil(train samples / batch_size); a range test's steps
 
     @property
     def model_bytes(self) -> int:
@@ -93,6 +95,8 @@ def parameter_count(spec: JobSpec, info: DatasetInfo) -> int:
     """Parameters of the model the engine builds for ``spec`` on a dataset of shape ``info``."""
     n_in, n_out = info.n_features, output_size(spec.loss, info)
     model = spec.model
+    if isinstance(model, PointModel):
+        return 2
     if isinstance(model, MLPModel):
         p, total, width_in = model.params, 0, n_in
         for _layer in range(p.depth):
@@ -122,14 +126,31 @@ def _cnn_counts(params: Any, info: DatasetInfo, n_out: int) -> tuple[int, int]:
 def train_samples(spec: JobSpec, info: DatasetInfo) -> int:
     """Samples in the training split (``optim_engine._datasets._split``)."""
     dataset = spec.dataset
+    if isinstance(dataset, SurfaceDataset | QuadraticDataset):  # no data: an epoch's steps
+        return info.n_samples
     if isinstance(dataset, VisionDataset) and dataset.params.use_test_split:
         return info.n_samples
     return info.n_samples - int(info.n_samples * dataset.val_fraction)
 
 
+def step_count(spec: JobSpec, info: DatasetInfo) -> int:
+    """Optimizer steps of a run: a range test's own count, a 2-D function's epochs x
+    steps_per_epoch, else epochs x batches per epoch."""
+    if spec.lr_range_test is not None:
+        return spec.lr_range_test.steps
+    if isinstance(spec.dataset, SurfaceDataset | QuadraticDataset):
+        return spec.epochs * spec.dataset.params.steps_per_epoch
+    return spec.epochs * math.ceil(train_samples(spec, info) / spec.batch_size)
+
+
 def estimate(spec: JobSpec, info: DatasetInfo) -> Cost:
     """The cost of one run of ``spec`` on a dataset of shape ``info`` (``dataset_info``'s)."""
     parameters = parameter_count(spec, info)
+    if info.task == "function":  # two coordinates and no data
+        state = parameters * optimizer_state_per_parameter(spec.optimizer)
+        return Cost(
+            parameters=parameters, optimizer_state=state, dataset_bytes=0, outputs=1, steps=step_count(spec, info)
+        )
     outputs = output_size(spec.loss, info)
     if info.task == "regression":
         target_bytes = FLOAT_BYTES * info.n_outputs
@@ -140,7 +161,7 @@ def estimate(spec: JobSpec, info: DatasetInfo) -> Cost:
         optimizer_state=parameters * optimizer_state_per_parameter(spec.optimizer),
         dataset_bytes=info.n_samples * (FLOAT_BYTES * info.n_features + target_bytes),
         outputs=outputs,
-        steps=spec.epochs * math.ceil(train_samples(spec, info) / spec.batch_size),
+        steps=step_count(spec, info),
     )
 
 
@@ -167,11 +188,22 @@ def cost_problems(spec: JobSpec, info: DatasetInfo, limits: CostLimits) -> list[
         message = f"the dataset needs {cost.outputs:,} outputs"
         problems.append((_outputs_field(spec.dataset), _over(message, limits.max_outputs, "MAX_OUTPUTS")))
     if cost.steps > limits.max_steps:
-        per_epoch = cost.steps // spec.epochs
-        message = f"{spec.epochs:,} epochs x {per_epoch:,} batches of {spec.batch_size} are {cost.steps:,} steps"
-        where = ("batch_size",) if per_epoch >= spec.epochs else ("epochs",)
+        where, message = _steps_text(spec, cost.steps)
         problems.append((where, _over(message, limits.max_steps, "MAX_STEPS")))
     return problems
+
+
+def _steps_text(spec: JobSpec, total: int) -> tuple[tuple[str, ...], str]:
+    """The field that drives a run's step count, and how the count comes about."""
+    if spec.lr_range_test is not None:
+        return ("lr_range_test", "steps"), f"the range test takes {total:,} steps"
+    per_epoch = total // spec.epochs
+    if isinstance(spec.dataset, SurfaceDataset | QuadraticDataset):
+        message = f"{spec.epochs:,} epochs x {per_epoch:,} steps per epoch are {total:,} steps"
+        where = ("dataset", "params", "steps_per_epoch") if per_epoch >= spec.epochs else ("epochs",)
+        return where, message
+    message = f"{spec.epochs:,} epochs x {per_epoch:,} batches of {spec.batch_size} are {total:,} steps"
+    return (("batch_size",) if per_epoch >= spec.epochs else ("epochs",)), message
 
 
 def _over(message: str, cap: int, setting: str) -> str:

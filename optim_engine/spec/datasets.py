@@ -1,7 +1,9 @@
 """Dataset variants, and what the spec alone tells about a dataset's shape (``DatasetInfo``).
 
 Synthetic, scikit-learn and vision datasets have shapes known from the spec; a file dataset's
-shape is the file's, which only the host can read (``optim_engine.spec.host``).
+shape is the file's, which only the host can read (``optim_engine.spec.host``). A 2-D function
+(``rosenbrock``, ...; ``optim_engine.spec.surfaces``) is no data at all: the function's value is
+the loss of a ``point`` model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from optim_engine.spec._base import NonNegative, StrictModel, Width
 from optim_engine.spec.errors import spec_error
 
 Task = Literal["classification", "regression"]
+InfoTask = Literal["classification", "regression", "function"]
+"""A dataset's task as ``DatasetInfo`` states it: a file or synthetic task, or a 2-D function."""
+SURFACE_NAMES = ("rosenbrock", "beale", "rastrigin", "saddle", "quadratic")
 Samples = Annotated[int, Field(ge=2, le=10_000_000)]
 
 
@@ -120,6 +125,34 @@ class VisionDataset(_DatasetBase):
     params: VisionParams = Field(default_factory=VisionParams)
 
 
+class SurfaceParams(StrictModel):
+    steps_per_epoch: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=10, description="Optimizer steps per reported epoch (batch_size is ignored: there is no data)."
+    )
+
+
+class QuadraticParams(SurfaceParams):
+    condition: Annotated[float, Field(ge=1.0, le=1e6, allow_inf_nan=False)] = Field(
+        default=10.0, description="Curvature of y over that of x in 0.5 (x^2 + condition y^2)."
+    )
+
+
+class SurfaceDataset(StrictModel):
+    """A 2-D test function whose value is the loss of a ``point`` model (one optimizer step per step)."""
+
+    name: Literal["rosenbrock", "beale", "rastrigin", "saddle"]
+    params: SurfaceParams = Field(default_factory=SurfaceParams)
+
+
+class QuadraticDataset(StrictModel):
+    """The ill-conditioned quadratic 0.5 (x^2 + condition y^2), the textbook case of lr > 2/curvature."""
+
+    name: Literal["quadratic"]
+    params: QuadraticParams = Field(default_factory=QuadraticParams)
+
+
+FunctionDataset = SurfaceDataset | QuadraticDataset
+
 DatasetSpec = Annotated[
     Union[  # noqa: UP007
         SyntheticRegressionDataset,
@@ -128,6 +161,8 @@ DatasetSpec = Annotated[
         NpzDataset,
         CsvDataset,
         VisionDataset,
+        SurfaceDataset,
+        QuadraticDataset,
     ],
     Field(discriminator="name"),
 ]
@@ -138,7 +173,7 @@ FileDataset = NpzDataset | CsvDataset
 class DatasetInfo(BaseModel):
     """What the other parts of a spec need to know about a dataset, without loading it as tensors."""
 
-    task: Task
+    task: InfoTask
     n_features: int
     n_outputs: int  # classes for classification, targets for regression
     n_samples: int
@@ -175,6 +210,9 @@ def static_info(dataset: Any) -> DatasetInfo | None:
         return DatasetInfo(task="classification", n_features=c.n_features, n_outputs=c.n_classes, n_samples=c.n_samples)
     if isinstance(dataset, SklearnDataset):
         return _SKLEARN_INFO[dataset.name]
+    if isinstance(dataset, SurfaceDataset | QuadraticDataset):
+        # Two coordinates in, one value out; the "samples" of an epoch are its steps.
+        return DatasetInfo(task="function", n_features=2, n_outputs=1, n_samples=dataset.params.steps_per_epoch)
     if isinstance(dataset, VisionDataset):
         info = _VISION_INFO[dataset.name]
         if dataset.params.limit is not None:
@@ -183,7 +221,7 @@ def static_info(dataset: Any) -> DatasetInfo | None:
     return None
 
 
-def dataset_task(dataset: Any) -> Task:
+def dataset_task(dataset: Any) -> InfoTask:
     """The task of a dataset, known from the spec for every kind (a file dataset declares it)."""
     info = static_info(dataset)
     return info.task if info is not None else dataset.params.task  # type: ignore[no-any-return]

@@ -16,8 +16,11 @@ from pydantic import BeforeValidator, Field, model_validator
 
 from optim_engine.spec._base import NonNegative, Positive, StrictModel, as_list
 from optim_engine.spec.datasets import (
+    SURFACE_NAMES,
     DatasetInfo,
     DatasetSpec,
+    QuadraticDataset,
+    SurfaceDataset,
     SyntheticRegressionDataset,
     VisionDataset,
     dataset_task,
@@ -25,7 +28,7 @@ from optim_engine.spec.datasets import (
 )
 from optim_engine.spec.errors import FieldProblem, problem_error
 from optim_engine.spec.losses import BCEWithLogitsLoss, LossSpec, MSELoss, output_size
-from optim_engine.spec.models import CNNModel, LinearModel, LogisticRegressionModel, ModelSpec
+from optim_engine.spec.models import CNNModel, LinearModel, LogisticRegressionModel, ModelSpec, PointModel
 from optim_engine.spec.optimizers import OptimizerSpec
 from optim_engine.spec.schedulers import SchedulerSpec
 
@@ -44,6 +47,30 @@ class DivergencePolicy(StrictModel):
     enabled: bool = True
     max_loss_ratio: Annotated[float, Field(gt=1.0)] = Field(
         default=1e3, description="Diverged when an epoch's train loss exceeds this multiple of the first batch's loss."
+    )
+
+
+RangeLR = Annotated[float, Field(gt=0.0, le=1e4, allow_inf_nan=False)]
+
+
+class LRRangeTest(StrictModel):
+    """An LR range test instead of training (Smith 2015/2017; fastai's ``lr_find`` defaults).
+
+    The lr grows exponentially from ``start_lr`` to ``end_lr`` over ``steps`` optimizer steps on
+    the training batches (cycled as needed), until the smoothed loss passes ``stop_factor`` times
+    its best. ``epochs``, ``divergence`` and ``val_fraction`` play no part; the job reports no
+    epochs and stores the curve and its suggestions as its result.
+    """
+
+    start_lr: RangeLR = 1e-7
+    end_lr: RangeLR = 10.0
+    steps: Annotated[int, Field(ge=1, le=10_000)] = 100
+    smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(
+        default=0.98, description="beta of the bias-corrected moving average of the loss (0: no smoothing)."
+    )
+    stop_factor: Annotated[float, Field(gt=1.0, allow_inf_nan=False)] = Field(
+        default=4.0,
+        description="Stop once the smoothed loss exceeds this multiple of its best (a non-finite loss stops it too).",
     )
 
 
@@ -75,6 +102,9 @@ class JobSpec(StrictModel):
     grad_clip_norm: Positive | None = Field(default=None, description="Clip the global gradient norm each step.")
     early_stopping: EarlyStopping | None = None
     divergence: DivergencePolicy = Field(default_factory=DivergencePolicy)
+    lr_range_test: LRRangeTest | None = Field(
+        default=None, description="Run an LR range test with this model, data and optimizer instead of training."
+    )
 
     @property
     def schedulers(self) -> list[Any]:
@@ -121,13 +151,21 @@ def cross_field_problems(spec: JobSpec, info: DatasetInfo | None) -> list[FieldP
         *_model_problems(spec, info),
         *_scheduler_problems(spec),
         *_early_stopping_problems(spec, info),
+        *_range_test_problems(spec),
+        *_surface_problems(spec),
     ]
+
+
+_FITTING = {
+    "classification": "cross_entropy or bce_with_logits",
+    "regression": "mse, l1, smooth_l1 or huber",
+    "function": "value, with model point (the function's value at the point is the loss)",
+}
 
 
 def _loss_problems(loss: Any, task: str, info: DatasetInfo | None) -> list[FieldProblem]:
     if task not in loss.tasks:
-        fitting = "cross_entropy or bce_with_logits" if task == "classification" else "mse, l1, smooth_l1 or huber"
-        return [(("loss",), f"{loss.name} does not fit a {task} dataset; use {fitting}")]
+        return [(("loss",), f"{loss.name} does not fit a {task} dataset; use {_FITTING[task]}")]
     if isinstance(loss, BCEWithLogitsLoss) and info is not None and info.n_outputs != 2:
         return [(("loss",), f"bce_with_logits needs a binary dataset, this one has {info.n_outputs} classes")]
     return []
@@ -135,6 +173,13 @@ def _loss_problems(loss: Any, task: str, info: DatasetInfo | None) -> list[Field
 
 def _model_problems(spec: JobSpec, info: DatasetInfo | None) -> list[FieldProblem]:
     model, loss = spec.model, spec.loss
+    function = isinstance(spec.dataset, SurfaceDataset | QuadraticDataset)
+    if function or isinstance(model, PointModel):
+        if function and not isinstance(model, PointModel):
+            return [(("model",), f"{spec.dataset.name} is a 2-D function: its model is point")]
+        if not function:
+            return [(("model",), f"point needs a 2-D function dataset ({', '.join(SURFACE_NAMES)})")]
+        return []
     if isinstance(model, CNNModel):
         # A file dataset never has an image shape, so a cnn on one is wrong without reading it.
         if info is None or info.image_shape is None:
@@ -187,6 +232,8 @@ def _early_stopping_problems(spec: JobSpec, info: DatasetInfo | None) -> list[Fi
     if spec.early_stopping is None or spec.early_stopping.monitor != "val_loss":
         return []
     dataset = spec.dataset
+    if isinstance(dataset, SurfaceDataset | QuadraticDataset):
+        return [(("early_stopping", "monitor"), "a 2-D function has no validation set; monitor train_loss")]
     if isinstance(dataset, VisionDataset) and dataset.params.use_test_split:
         return []
     # With val_fraction 0 there is no validation set whatever the size; otherwise the size decides.
@@ -194,3 +241,34 @@ def _early_stopping_problems(spec: JobSpec, info: DatasetInfo | None) -> list[Fi
     if dataset.val_fraction == 0 or (n_samples is not None and int(n_samples * dataset.val_fraction) == 0):
         return [(("early_stopping", "monitor"), "val_loss needs a validation set (dataset.val_fraction > 0)")]
     return []
+
+
+def _range_test_problems(spec: JobSpec) -> list[FieldProblem]:
+    """A range test sets the lr itself, every step, and stops on its own rule."""
+    test = spec.lr_range_test
+    if test is None:
+        return []
+    problems: list[FieldProblem] = []
+    if test.start_lr >= test.end_lr:
+        message = f"{test.end_lr:g} must be above start_lr ({test.start_lr:g}): the lr grows over the test"
+        problems.append((("lr_range_test", "end_lr"), message))
+    if spec.scheduler is not None:
+        problems.append((("scheduler",), "a range test sets the lr itself each step; remove the scheduler"))
+    if spec.early_stopping is not None:
+        message = "a range test stops on its own rule (lr_range_test.stop_factor); remove early_stopping"
+        problems.append((("early_stopping",), message))
+    if isinstance(spec.dataset, SurfaceDataset | QuadraticDataset):
+        problems.append((("lr_range_test",), "a range test needs a training dataset, not a 2-D function"))
+    return problems
+
+
+def _surface_problems(spec: JobSpec) -> list[FieldProblem]:
+    """What a 2-D function run cannot honour: it has no network to compile or autocast."""
+    if not isinstance(spec.dataset, SurfaceDataset | QuadraticDataset):
+        return []
+    problems: list[FieldProblem] = []
+    if spec.compile:
+        problems.append((("compile",), "a 2-D function run has no network to compile; set it to false"))
+    if spec.precision != "fp32":
+        problems.append((("precision",), "a 2-D function run is float64 on the CPU; set precision to fp32"))
+    return problems

@@ -55,12 +55,19 @@ class BCEWithLogitsLoss(_LossBase):
     name: Literal["bce_with_logits"]
 
 
+class ValueLoss(_LossBase):
+    """The 2-D function's value at the point: the loss of every 2-D function dataset."""
+
+    tasks: ClassVar[tuple[str, ...]] = ("function",)
+    name: Literal["value"]
+
+
 def _loss_shorthand(value: Any) -> Any:
     return {"name": value} if isinstance(value, str) else value
 
 
 LossSpec = Annotated[
-    Union[MSELoss, L1Loss, SmoothL1Loss, HuberLoss, CrossEntropyLoss, BCEWithLogitsLoss],  # noqa: UP007
+    Union[MSELoss, L1Loss, SmoothL1Loss, HuberLoss, CrossEntropyLoss, BCEWithLogitsLoss, ValueLoss],  # noqa: UP007
     Field(discriminator="name"),
     BeforeValidator(_loss_shorthand),
 ]

@@ -1,12 +1,12 @@
-"""Model variants: linear, logistic regression, MLP and a small CNN."""
+"""Model variants: linear, logistic regression, MLP, a small CNN, and the point a 2-D function moves."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
-from optim_engine.spec._base import StrictModel, Width
+from optim_engine.spec._base import StrictModel, Width, as_tuple
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu"]
 
@@ -44,6 +44,15 @@ class CNNParams(StrictModel):
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
 
+Coordinate = Annotated[float, Field(ge=-1e4, le=1e4, allow_inf_nan=False)]
+
+
+class PointParams(StrictModel):
+    start: Annotated[tuple[Coordinate, Coordinate], BeforeValidator(as_tuple)] | None = Field(
+        default=None, description="Where the path starts, [x, y]; None: the function's standard start."
+    )
+
+
 class LinearModel(StrictModel):
     """A single affine layer: nn.Linear(in_features, out_features)."""
 
@@ -72,4 +81,18 @@ class CNNModel(StrictModel):
     params: CNNParams = Field(default_factory=CNNParams)
 
 
-ModelSpec = Annotated[Union[LinearModel, LogisticRegressionModel, MLPModel, CNNModel], Field(discriminator="name")]  # noqa: UP007
+class PointModel(StrictModel):
+    """Two coordinates [x, y], the parameter a 2-D function dataset's optimizer moves.
+
+    Runs on the CPU in float64 whatever ``device`` says: two numbers gain nothing from an
+    accelerator, and float64 keeps the path on the contour the API draws (numpy's float64).
+    """
+
+    name: Literal["point"]
+    params: PointParams = Field(default_factory=PointParams)
+
+
+ModelSpec = Annotated[
+    Union[LinearModel, LogisticRegressionModel, MLPModel, CNNModel, PointModel],  # noqa: UP007
+    Field(discriminator="name"),
+]

@@ -439,7 +439,7 @@ def test_catalog_lists_every_entry_with_a_schema() -> None:
         "csv",
         "mnist",
     } <= names["datasets"]
-    assert {"mse", "l1", "smooth_l1", "huber", "cross_entropy", "bce_with_logits"} == names["losses"]
+    assert {"mse", "l1", "smooth_l1", "huber", "cross_entropy", "bce_with_logits", "value"} == names["losses"]
     sgd = next(e for e in entries["optimizers"] if e["name"] == "sgd")
     assert sgd["params_schema"]["properties"]["momentum"]["minimum"] == 0.0
     assert sgd["default_lr"] == 1e-3
