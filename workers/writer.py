@@ -145,13 +145,14 @@ class Attempts:
 
 
 def finish_details(result: Any) -> dict[str, Any]:
-    """A finished trial's final write: environment, divergence, resume point, and its rows from
-    before a resume (a killed attempt's checkpoint can land before its rows reach the database)."""
+    """A finished trial's final write: environment, divergence, resume point, artifacts (a range
+    test's curve, a 2-D run's path), and its rows from before a resume (a killed attempt's checkpoint can land before its rows reach the database)."""
     resumed = result.resumed_from_epoch or 0
     return {
         "environment": result.environment,
         "diverged_epoch": result.diverged_epoch,
         "resumed_from_epoch": result.resumed_from_epoch,
+        "result": getattr(result, "artifacts", None),
         "before_resume": [m.as_dict() for m in result.history if m.epoch <= resumed],
     }
 

@@ -150,6 +150,9 @@ class Job(_SummaryColumns, Base):
     device: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
     environment: Mapped[dict[str, Any] | None]
+    # What a run reports beyond its epochs (TrainResult.artifacts): an LR range test's curve and
+    # suggestions, a 2-D test function's trajectory; NULL for plain training runs.
+    result: Mapped[dict[str, Any] | None]
 
     created_at: Mapped[dt.datetime]
     enqueued_at: Mapped[dt.datetime | None]

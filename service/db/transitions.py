@@ -144,9 +144,11 @@ def finish(
     environment: Mapping[str, Any] | None = None,
     diverged_epoch: int | None = None,
     resumed_from_epoch: int | None = None,
+    result: Mapping[str, Any] | None = None,
 ) -> bool:
     """running → a terminal status, with the summary derived from the job's stored rows in the
-    same transaction; False when this attempt no longer owns the job."""
+    same transaction (and the run's ``result``, its artifacts, when it has one); False when this
+    attempt no longer owns the job."""
     _legal(R, status)
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "error": error}
@@ -156,6 +158,8 @@ def finish(
         values["diverged_epoch"] = diverged_epoch
     if resumed_from_epoch is not None:
         values["resumed_from_epoch"] = resumed_from_epoch
+    if result is not None:
+        values["result"] = dict(result)
     row = session.execute(
         update(Job).where(_owned({job_id: attempt})).values(**values).returning(Job.started_at)
     ).first()
