@@ -18,6 +18,7 @@ from starlette.routing import Match, Route
 
 from optim_engine.spec import error_details
 from service import broker
+from service.analysis.router import router as analysis_router
 from service.auth.router import router as keys_router
 from service.auth.service import check_configuration
 from service.catalog.router import router as catalog_router
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
     _install_error_handlers(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES)
-    for router in (jobs_router, sweeps_router, catalog_router, keys_router):
+    for router in (jobs_router, sweeps_router, analysis_router, catalog_router, keys_router):
         v1.include_router(router)
     app.include_router(health_router)
     app.include_router(v1)

@@ -104,6 +104,28 @@ EXAMPLE: dict[str, Any] = {
 }
 
 
+class LrFrom(BaseModel):
+    """Seed the sweep's learning rates from a finished LR range test: ``points`` log-spaced values
+    from suggestion / factor to suggestion x factor become the grid's ``optimizer.lr``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: Annotated[StrictInt, Field(ge=1, le=2**31 - 1, description="The range test's job."), INTEGRAL]
+    suggestion: Literal["valley", "steepest", "min_over_10"] = "valley"
+    points: Annotated[StrictInt, Field(ge=1, le=50), INTEGRAL] = 5
+    factor: Annotated[
+        JsonFloat, Field(gt=1.0, le=1000.0, description="The grid spans suggestion/factor..x factor.")
+    ] = 10.0
+
+    def grid(self, suggested: float) -> list[float]:
+        """The learning rates around ``suggested`` (6 significant digits)."""
+        if self.points == 1:
+            return [float(f"{suggested:.6g}")]
+        low, high = math.log(suggested / self.factor), math.log(suggested * self.factor)
+        steps = [low + (high - low) * i / (self.points - 1) for i in range(self.points)]
+        return [float(f"{math.exp(step):.6g}") for step in steps]
+
+
 class SweepCreate(BaseModel):
     """A base spec and a search over dotted spec paths; every configuration runs once per seed."""
 
@@ -125,6 +147,9 @@ class SweepCreate(BaseModel):
     )
     tags: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:/=-]{1,64}$")]], Field(max_length=32)] = Field(
         default_factory=list
+    )
+    lr_from: LrFrom | None = Field(
+        default=None, description="Grid the learning rate around an LR range test's suggestion."
     )
     execution: Literal["auto", "packed", "separate"] = Field(
         default="auto",

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from optim_engine.spec import variant_names
 from service import broker
 from service.admission import spec_problems
+from service.analysis.service import lr_suggestion
 from service.auth.principal import Principal
 from service.db import transitions
 from service.db.models import Sweep
@@ -41,6 +42,8 @@ def create_sweep(
     """Check every job of the sweep (``plan``), then commit the sweep and all its jobs, queued, in
     one transaction and wake the dispatcher, which sends them; returns ``(sweep, created)`` (not
     created: the idempotency key's first request by the same owner made it)."""
+    if body.lr_from is not None:
+        body = with_suggested_lrs(session, body, principal)
     trials, packs = plan(body, settings)
     definition = repository.NewSweep(
         owner=principal.owner,
@@ -66,6 +69,20 @@ def create_sweep(
     session.commit()
     dispatcher.wake()  # a retry too: whatever the first request left unsent goes now
     return sweep, created
+
+
+def with_suggested_lrs(session: Session, body: SweepCreate, principal: Principal) -> SweepCreate:
+    """``body`` with ``optimizer.lr`` gridded around its ``lr_from`` range test's suggestion."""
+    assert body.lr_from is not None
+    searched = [path for grid in body.grids() for path in grid]
+    searched += list(body.random.params) if body.random is not None else []
+    if "optimizer.lr" in searched:
+        msg = "lr_from sets optimizer.lr; remove it from the grid and the random search"
+        raise InvalidFields([field_error(("body", "lr_from"), msg, "lr_conflict")])
+    suggested = lr_suggestion(session, body.lr_from.job_id, principal, body.lr_from.suggestion)
+    lrs = body.lr_from.grid(suggested)
+    grids = [{**grid, "optimizer.lr": lrs} for grid in body.grids()]
+    return body.model_copy(update={"grid": grids if isinstance(body.grid, list) else grids[0]})
 
 
 def plan(body: SweepCreate, settings: Settings) -> tuple[list[Trial], list[str | None]]:

@@ -43,6 +43,12 @@ OWNED_ROUTES = {
     ("POST", "/v1/sweeps/{sweep_id}/cancel"),
     ("GET", "/v1/sweeps/{sweep_id}/leaderboard"),
     ("GET", "/v1/sweeps/{sweep_id}/metrics"),
+    ("GET", "/v1/jobs/{job_id}/result"),
+    ("GET", "/v1/sweeps/{sweep_id}/compare"),
+    ("GET", "/v1/sweeps/{sweep_id}/divergence"),
+    ("GET", "/v1/sweeps/{sweep_id}/budget"),
+    ("GET", "/v1/sweeps/{sweep_id}/trajectories"),
+    ("GET", "/v1/profiles"),
 }
 """Every route over jobs and sweeps: ``test_owners_neither_see_nor_touch_each_other`` calls each."""
 KEY_ROUTES = {("POST", "/v1/keys"), ("GET", "/v1/keys"), ("POST", "/v1/keys/{key_id}/revoke")}
@@ -180,8 +186,11 @@ def _assert_hidden(client: TestClient, token: str, job: dict[str, Any], sweep: d
     assert sweep["id"] not in {s["id"] for s in client.get("/v1/sweeps", headers=headers).json()["items"]}
     assert client.get("/v1/sweeps", params={"owner": job["owner"]}, headers=headers).json()["items"] == []
     job_paths = [f"/v1/jobs/{job['id']}", f"/v1/jobs/{job['id']}/metrics", f"/v1/jobs/{job['id']}/metrics?format=csv"]
+    job_paths += [f"/v1/jobs/{job['id']}/result"]
     sweep_paths = [f"/v1/sweeps/{sweep['id']}", f"/v1/sweeps/{sweep['id']}/leaderboard"]
     sweep_paths += [f"/v1/sweeps/{sweep['id']}/metrics", f"/v1/sweeps/{sweep['id']}/metrics?format=csv"]
+    analyses = ("compare", "divergence", "budget", "trajectories")
+    sweep_paths += [f"/v1/sweeps/{sweep['id']}/{name}" for name in analyses] + [f"/v1/profiles?sweeps={sweep['id']}"]
     for method, path, error in [
         *(("GET", p, "job_not_found") for p in job_paths),
         ("POST", f"/v1/jobs/{job['id']}/cancel", "job_not_found"),

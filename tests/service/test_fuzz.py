@@ -29,10 +29,14 @@ AUTH: dict[str, dict[str, Any]] = {"off": {}, "keys": {"auth": "keys", "api_keys
 
 UNSTATED_RULES = frozenset(
     {"value_error", "spec_field", "resource_cap", "unavailable_on_host", "invalid_combination", "invalid_cursor"}
+    | {"configuration_required", "unknown_configuration", "same_configuration", "different_problem", "empty_sweep"}
+    | {"no_trajectories", "invalid_ids", "lr_conflict", "unknown_job", "not_a_range_test", "no_suggestion"}
 )
 """The 422 types of rules the code states and no JSON Schema can: validators' cross-field rules
 (``value_error``, the spec's ``spec_field``), this server's caps, what this host has, a sweep's
-expansions (its base is a free-form object), opaque cursors. Every other type is pydantic's own
+expansions (its base is a free-form object), opaque cursors, and what the stored data decides
+(which configuration a hash names, whether two sweeps pair, whether a job is a finished range
+test, whether the ids of a list exist). Every other type is pydantic's own
 constraint (``missing``, ``string_pattern_mismatch``, ...), which the schema states: a 422 for one
 of those on schema-valid data means the schema and the validation disagree."""
 

@@ -1,0 +1,1 @@
+"""Analysis over a sweep's stored results: paired verdicts, divergence maps, budget curves, profiles, trajectories."""
