@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from service.cli_analysis import analysis_app
 from service.cli_keys import keys_app, serving_settings
 from service.settings import get_settings
 
@@ -27,6 +28,7 @@ jobs_app = typer.Typer(help="List and inspect jobs.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(keys_app, name="keys")
+app.add_typer(analysis_app, name="analyze")
 console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 240)  # piped output: no wrapping at 80 columns
 
@@ -334,7 +336,9 @@ def submit(
 
 @app.command()
 def sweep(
-    file: Annotated[Path, typer.Argument(help="A sweep: name, base, grid / random / seeds, execution (YAML or JSON).")],
+    file: Annotated[
+        Path, typer.Argument(help="A sweep: name, base, grid / random / seeds, lr_from, execution (YAML or JSON).")
+    ],
     wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
     metric: Annotated[str, typer.Option(help="Leaderboard metric with --wait.")] = "val_loss",
     url: UrlOption = None,
@@ -342,7 +346,7 @@ def sweep(
 ) -> None:
     """Create a sweep. Prints its id; with --wait, the leaderboard, and exits 3 if a job failed."""
     body = _load(file)
-    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags", "execution"}
+    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from"}
     if unknown or "base" not in body:
         console.print(
             f"[red]{file}[/]: needs 'base'; unknown keys {sorted(unknown)}"
@@ -359,6 +363,7 @@ def sweep(
             name=body.get("name"),
             tags=body.get("tags") or [],
             execution=body.get("execution", "auto"),
+            lr_from=body.get("lr_from"),
         )
         console.print(f"sweep {created['id']}: {created['n_jobs']} jobs")
         if not wait:

@@ -23,10 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from service import plots  # matplotlib only when a plot is drawn (the ``plot`` extra)
+from service.client_frames import budget_frame, divergence_frame, matrix_frame, pairs_frame
+
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+Ref = int | Mapping[str, Any]  # an id, or the dict the server returned for it
+Out = str | Path | None  # where a plot is saved as PNG (None: not saved)
 TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled"})
 
 
@@ -186,11 +192,14 @@ class Client:
         name: str | None = None,
         tags: Iterable[str] = (),
         execution: str = "auto",
+        lr_from: int | Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a sweep: ``grid`` maps dotted spec paths to values; ``random`` is
         ``{"n": 20, "seed": 0, "params": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}}``;
         every configuration runs once per seed. ``execution``: auto (pack the jobs that can
-        train together), packed, or separate."""
+        train together), packed, or separate. ``lr_from`` grids ``optimizer.lr`` around an LR
+        range test's suggestion: ``{"job_id": 12, "suggestion": "valley", "points": 5,
+        "factor": 10.0}``, or just the job id for those defaults."""
         body = {
             "name": name,
             "base": dict(base),
@@ -200,6 +209,8 @@ class Client:
             "tags": list(tags),
             "execution": execution,
         }
+        if lr_from is not None:  # only when asked: a server without range tests still takes the rest
+            body["lr_from"] = {"job_id": lr_from} if isinstance(lr_from, int) else dict(lr_from)
         return dict(self._post("/v1/sweeps", body))
 
     def get_sweep(self, sweep: int | Mapping[str, Any]) -> dict[str, Any]:
@@ -245,6 +256,82 @@ class Client:
         )
         return frame.merge(jobs, on="job_id", how="left")
 
+    # --- analysis (issue 13) ------------------------------------------------------------------
+
+    def _analysis(self, path: str, **params: Any) -> dict[str, Any]:
+        return dict(self._json("GET", path, params={k: v for k, v in params.items() if v is not None}))
+
+    def compare(
+        self,
+        sweep: Ref,
+        a: str | None = None,
+        b: str | None = None,
+        *,
+        b_sweep: Ref | None = None,
+        metric: str = "val_loss",
+        which: str = "best",
+        mode: str | None = None,
+    ) -> pd.DataFrame:
+        """Configuration ``a`` against ``b`` seed by seed (config hashes or unique prefixes; either
+        may be left out when its sweep has one configuration; ``b`` may live in ``b_sweep``).
+        One row per paired seed (seed, a, b, diff = a - b); the answer (mean_diff, t_ci, bca_ci,
+        wilcoxon_p, p_a_better, unpaired and excluded runs, verdict, ...) is in ``attrs``."""
+        other = None if b_sweep is None else _id(b_sweep)
+        query = {"a": a, "b": b, "b_sweep": other, "metric": metric, "which": which, "mode": mode}
+        return pairs_frame(self._analysis(f"/v1/sweeps/{_id(sweep)}/compare", **query))
+
+    def compare_matrix(
+        self, sweep: Ref, *, metric: str = "val_loss", which: str = "best", mode: str | None = None
+    ) -> pd.DataFrame:
+        """Every ordered pair of the sweep's configurations: rows A, columns B (labels), values the
+        mean difference A - B; ``attrs`` holds ``configs`` and every ``cells`` entry (CIs, p, verdict)."""
+        body = self._analysis(f"/v1/sweeps/{_id(sweep)}/compare", metric=metric, which=which, mode=mode)
+        return matrix_frame(body)
+
+    def divergence(self, sweep: Ref, *, metric: str = "val_loss", which: str = "final") -> pd.DataFrame:
+        """One row per optimizer configuration (group) and lr: runs, diverged, fraction, the
+        metric's mean and std over stable runs, and the group's stable_max_lr / diverged_min_lr."""
+        body = self._analysis(f"/v1/sweeps/{_id(sweep)}/divergence", metric=metric, which=which)
+        return divergence_frame(body)
+
+    def budget(
+        self, sweep: Ref, *, metric: str = "val_loss", which: str = "best", mode: str | None = None
+    ) -> pd.DataFrame:
+        """Expected best after k random-search trials per optimizer: group, n_trials, k, expected, lo, hi."""
+        body = self._analysis(f"/v1/sweeps/{_id(sweep)}/budget", metric=metric, which=which, mode=mode)
+        return budget_frame(body)
+
+    def profiles(
+        self, sweeps: Iterable[Ref], *, metric: str = "val_loss", tolerance: float | None = None
+    ) -> dict[str, Any]:
+        """Time to target per problem (each sweep is one) and performance profiles rho(tau) in
+        epochs and seconds; ``tolerance`` relaxes each target (None: the server's default)."""
+        ids = ",".join(str(_id(s)) for s in sweeps)
+        return self._analysis("/v1/profiles", sweeps=ids, metric=metric, tolerance=tolerance)
+
+    def trajectories(self, sweep: Ref) -> dict[str, Any]:
+        """A 2-D test function sweep: the function's contour and every run's path."""
+        return self._analysis(f"/v1/sweeps/{_id(sweep)}/trajectories")
+
+    def result(self, job: Ref) -> dict[str, Any] | None:
+        """What a job stored beyond its epochs (a range test's curve, a trajectory), or None."""
+        return self._analysis(f"/v1/jobs/{_id(job)}/result")["result"]
+
+    def range_test(
+        self, spec: Mapping[str, Any], *, wait: bool = True, progress: bool = True, poll: float = 1.0, **settings: Any
+    ) -> dict[str, Any]:
+        """Run an LR range test on ``spec`` (``settings``: start_lr, end_lr, steps, smoothing,
+        stop_factor override the spec's ``lr_range_test``). With ``wait``, returns the result
+        (lr, loss, smoothed, suggestions, stopped) plus ``job_id``, for ``sweep(lr_from=...)``;
+        without, the queued job."""
+        job = self.submit(dict(spec) | {"lr_range_test": dict(spec.get("lr_range_test") or {}) | settings})
+        if not wait:
+            return job
+        done = self.wait(job, progress=progress, poll=poll)
+        if (found := self.result(done)) is None:
+            raise RuntimeError(f"range test job {done['id']} {done['status']}: {done.get('error') or 'no result'}")
+        return {"job_id": done["id"], **found}
+
     # --- waiting -----------------------------------------------------------------------------
 
     def wait(
@@ -274,7 +361,7 @@ class Client:
         finally:
             bar.close()
 
-    # --- plots -------------------------------------------------------------------------------
+    # --- plots (service.plots; needs matplotlib: ``pip install 'optimlab[plot]'``) -----------
 
     def plot_curves(
         self,
@@ -286,30 +373,42 @@ class Client:
         log_scale: bool = True,
     ) -> Path:
         """Draw the metric per epoch for each configuration (mean over seeds, band from min to
-        max) and save a PNG. Needs matplotlib (``pip install 'optimlab[plot]'``)."""
-        import matplotlib
+        max) and save a PNG."""
+        title = title or f"sweep {_id(sweep)}: {metric} (mean over seeds, band = min..max)"
+        plots.plot_curves(
+            self.sweep_metrics(sweep, columns=[metric]), path, metric=metric, title=title, log_scale=log_scale
+        )
+        return Path(path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def plot_compare(
+        self, sweep: Ref, a: str | None = None, b: str | None = None, *, path: Out = None, **query: Any
+    ) -> Figure:
+        """A against B per seed, and the differences with their CIs; ``query`` as for ``compare``."""
+        return plots.plot_compare(self.compare(sweep, a, b, **query), path)
 
-        frame = self.sweep_metrics(sweep, columns=[metric])
-        fig, ax = plt.subplots(figsize=(9, 5.5))
-        for configuration, group in frame.groupby("configuration", sort=True):
-            curve = group.groupby("epoch")[metric].agg(["mean", "min", "max"])
-            (line,) = ax.plot(curve.index, curve["mean"], label=str(configuration), linewidth=1.6)
-            ax.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.15)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        if log_scale:
-            ax.set_yscale("log")
-        ax.set_title(title or f"sweep {_id(sweep)}: {metric} (mean over seeds, band = min..max)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
-        return out
+    def plot_compare_matrix(self, sweep: Ref, *, path: Out = None, **query: Any) -> Figure:
+        """Mean difference of every pair of configurations, marked where the verdict is not inconclusive."""
+        return plots.plot_compare_matrix(self.compare_matrix(sweep, **query), path)
+
+    def plot_range_test(self, job: Ref, *, path: Out = None) -> Figure:
+        """A finished range test's loss against lr, with its suggestions."""
+        return plots.plot_range_test(self.result(job), path)
+
+    def plot_divergence(self, sweep: Ref, *, path: Out = None, **query: Any) -> Figure:
+        """Fraction diverged and the metric against lr per optimizer configuration."""
+        return plots.plot_divergence(self.divergence(sweep, **query), path)
+
+    def plot_budget(self, sweep: Ref, *, path: Out = None, **query: Any) -> Figure:
+        """Expected best after k random-search trials per optimizer, with its band."""
+        return plots.plot_budget(self.budget(sweep, **query), path)
+
+    def plot_profiles(self, sweeps: Iterable[Ref], *, path: Out = None, **query: Any) -> Figure:
+        """Performance profiles rho(tau) across the sweeps, in epochs and in seconds."""
+        return plots.plot_profiles(self.profiles(sweeps, **query), path)
+
+    def plot_trajectories(self, sweep: Ref, *, path: Out = None) -> Figure:
+        """Each 2-D test function run's path over the function's contour."""
+        return plots.plot_trajectories(self.trajectories(sweep), path)
 
 
 def _error(response: httpx.Response) -> OptimlabError:
