@@ -30,6 +30,8 @@ from optim_engine.spec import JobSpec
 COORDINATE_LIMIT = 1e6
 """A coordinate beyond this ends the run as diverged (a saddle's escape is unbounded below)."""
 CHECKPOINT = "trajectory.pt"
+STORED_POINTS = 5001
+"""The most points of a path a job stores (see ``_Path.artifacts``)."""
 _FORMAT = 1
 
 
@@ -51,10 +53,21 @@ class _Path:
         del self.x[points:], self.y[points:], self.value[points:]
 
     def artifacts(self, function: str) -> dict[str, Any]:
+        """The path as a job stores it: at most ``STORED_POINTS`` evenly spaced points, the start
+        and the last point always among them (a plot needs no more, a database row should not
+        hold 200,000), with ``stride`` saying how many steps lie between two stored points."""
+        stride = max(1, math.ceil((len(self.x) - 1) / (STORED_POINTS - 1)))
+        kept = list(range(0, len(self.x), stride))
+        if kept and kept[-1] != len(self.x) - 1:
+            kept.append(len(self.x) - 1)
         return {
             "kind": "trajectory",
             "function": function,
-            **{name: [v if math.isfinite(v) else None for v in values] for name, values in self.as_dict().items()},
+            "stride": stride,
+            **{
+                name: [values[i] if math.isfinite(values[i]) else None for i in kept]
+                for name, values in self.as_dict().items()
+            },
         }
 
     def as_dict(self) -> dict[str, list[float]]:

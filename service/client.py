@@ -295,10 +295,18 @@ class Client:
         return divergence_frame(body)
 
     def budget(
-        self, sweep: Ref, *, metric: str = "val_loss", which: str = "best", mode: str | None = None
+        self,
+        sweep: Ref,
+        *,
+        metric: str = "val_loss",
+        which: str = "best",
+        mode: str | None = None,
+        group_by: str = "optimizer",
     ) -> pd.DataFrame:
-        """Expected best after k random-search trials per optimizer: group, n_trials, k, expected, lo, hi."""
-        body = self._analysis(f"/v1/sweeps/{_id(sweep)}/budget", metric=metric, which=which, mode=mode)
+        """Expected best after k random-search trials per optimizer (``group_by="config"``: per
+        optimizer configuration without its lr): group, n_trials, k, expected, lo, hi."""
+        query = {"metric": metric, "which": which, "mode": mode, "group_by": group_by}
+        body = self._analysis(f"/v1/sweeps/{_id(sweep)}/budget", **query)
         return budget_frame(body)
 
     def profiles(

@@ -271,4 +271,13 @@ def _surface_problems(spec: JobSpec) -> list[FieldProblem]:
         problems.append((("compile",), "a 2-D function run has no network to compile; set it to false"))
     if spec.precision != "fp32":
         problems.append((("precision",), "a 2-D function run is float64 on the CPU; set precision to fp32"))
+    steps = spec.epochs * spec.dataset.params.steps_per_epoch
+    if steps > MAX_PATH_STEPS:
+        message = f"{steps} steps; a 2-D run keeps its whole path (checkpointed), so at most {MAX_PATH_STEPS}"
+        problems.append((("dataset", "params", "steps_per_epoch"), message))
     return problems
+
+
+MAX_PATH_STEPS = 200_000
+"""The most steps of a 2-D function run: its path (3 floats a step) lives in memory and in every
+checkpoint; the stored result keeps an evenly spaced subset of it."""

@@ -26,6 +26,7 @@ class JobValue:
     lr: float | None
     status: str
     value: float | None
+    packed: bool = False
 
 
 def job_values(session: Session, sweep_id: int, column: str) -> list[JobValue]:
@@ -40,6 +41,7 @@ def job_values(session: Session, sweep_id: int, column: str) -> list[JobValue]:
             Job.spec["optimizer"].label("optimizer_spec"),
             Job.optimizer,
             Job.status,
+            Job.pack_id,
             getattr(Job, column).label("value"),
         )
         .where(Job.sweep_id == sweep_id)
@@ -55,6 +57,7 @@ def job_values(session: Session, sweep_id: int, column: str) -> list[JobValue]:
             lr=_float((r.optimizer_spec or {}).get("lr")),
             status=r.status,
             value=r.value,
+            packed=r.pack_id is not None,
         )
         for r in rows
     ]

@@ -72,10 +72,14 @@ def budget(
     metric: Metric = "val_loss",
     which: Which = "best",
     mode: Mode = None,
+    group_by: Annotated[
+        str, Query(pattern="^(optimizer|config)$", description="optimizer, or its configuration without lr.")
+    ] = "optimizer",
 ) -> dict[str, Any]:
-    """Per optimizer: the expected best metric after k random-search trials drawn from the
-    sweep's runs, k = 1..N (exact, Dodge et al. 2019), with a 95% bootstrap band."""
-    return analysis.budget(session, sweep_id, principal, metric=metric, which=which, mode=mode)
+    """Per optimizer (or per optimizer configuration without its lr): the expected best metric
+    after k random-search trials drawn from the sweep's runs, k = 1..N (exact, Dodge et al.
+    2019), with a 95% bootstrap band. A diverged run counts as the sweep's worst value."""
+    return analysis.budget(session, sweep_id, principal, metric=metric, which=which, mode=mode, group_by=group_by)
 
 
 @router.get("/sweeps/{sweep_id}/trajectories", responses=error_responses(404))

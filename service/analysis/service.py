@@ -38,8 +38,12 @@ _REASONS = {
 }
 
 
-def resolved_mode(metric: str, mode: str | None) -> str:
-    """The better direction: as asked, else the metric's own (min for losses, max for accuracy)."""
+def resolved_mode(metric: str, mode: str | None, which: str = "final") -> str:
+    """The better direction: as asked, else the metric's own (min for losses, max for accuracy).
+    A job's best value is best in the metric's own direction, so ``which=best`` takes no other."""
+    if mode is not None and which == "best" and mode != BETTER[metric]:
+        msg = f"the best {metric} of a run is its {BETTER[metric]}imum; use mode {BETTER[metric]} or which=final"
+        raise InvalidFields([field_error(("query", "mode"), msg, "mode_against_best")])
     return mode or BETTER[metric]
 
 
@@ -79,20 +83,36 @@ class Arm:
     def describe(self) -> dict[str, Any]:
         return {"sweep_id": self.sweep_id, "config_hash": self.config_hash, "config": self.config, "label": self.label}
 
+    def _paired(self) -> dict[int, JobValue]:
+        """Seed → the first succeeded job with a value: what is paired (a repeated configuration's
+        later jobs of the same seed are excluded as duplicates)."""
+        chosen: dict[int, JobValue] = {}
+        for j in self.jobs:
+            if j.status == JobStatus.succeeded and j.value is not None:
+                chosen.setdefault(j.seed, j)
+        return chosen
+
     def values(self) -> dict[int, float]:
-        """Seed → value of every succeeded job with a value: what is paired."""
-        return {j.seed: j.value for j in self.jobs if j.status == JobStatus.succeeded and j.value is not None}
+        """Seed → value of every paired job."""
+        return {seed: j.value for seed, j in self._paired().items() if j.value is not None}
+
+    def diverged(self) -> set[int]:
+        """The seeds at which this configuration diverged."""
+        return {j.seed for j in self.jobs if j.status == JobStatus.diverged}
 
     def excluded(self, side: str) -> list[dict[str, Any]]:
         """The jobs not paired, each with why."""
+        paired = {j.job_id for j in self._paired().values()}
         return [
             {"side": side, "seed": j.seed, "job_id": j.job_id, "status": j.status, "reason": _reason(j)}
             for j in self.jobs
-            if not (j.status == JobStatus.succeeded and j.value is not None)
+            if j.job_id not in paired
         ]
 
 
 def _reason(job: JobValue) -> str:
+    if job.status == JobStatus.succeeded and job.value is not None:
+        return "duplicate seed (an earlier job of this configuration has it)"
     return _REASONS.get(JobStatus(job.status), "no value for this metric")
 
 
@@ -154,15 +174,25 @@ def compare(
     if b_sweep is not None and b_sweep != sweep_id:
         sweep_repository.get_sweep(session, b_sweep, principal)
         second = arms(repository.job_values(session, b_sweep, column), b_sweep)
-    if not first or not second:
-        raise InvalidFields([field_error(("path", "sweep_id"), "the sweep has no jobs", "empty_sweep")])
+    for found, where in ((first, ("path", "sweep_id")), (second, ("query", "b_sweep"))):
+        if not found:
+            raise InvalidFields([field_error(where, "the sweep has no jobs", "empty_sweep")])
     arm_a, arm_b = _pick(first, a, "a"), _pick(second, b, "b")
     if arm_a.sweep_id != arm_b.sweep_id:
         _check_same_problem(session, arm_a, arm_b)
     elif arm_a.config_hash == arm_b.config_hash:
         raise InvalidFields([field_error(("query", "b"), "a and b name the same configuration", "same_configuration")])
-    better = resolved_mode(metric, mode)
+    better = resolved_mode(metric, mode, which)
     result = stats.paired(arm_a.values(), arm_b.values(), mode=better).as_dict()  # type: ignore[arg-type]
+    # A seed where one arm diverged and the other finished is evidence against the diverging arm
+    # that the statistics (over finished pairs) cannot see: no verdict for that arm.
+    diverged_a = sorted(arm_a.diverged() & set(arm_b.values()))
+    diverged_b = sorted(arm_b.diverged() & set(arm_a.values()))
+    note = None
+    if (result["verdict"] == "a" and diverged_a) or (result["verdict"] == "b" and diverged_b):
+        side, seeds = ("A", diverged_a) if result["verdict"] == "a" else ("B", diverged_b)
+        note = f"{side} wins the finished pairs but diverged at seeds {seeds} where the other finished"
+        result["verdict"] = "inconclusive"
     return {
         "metric": metric,
         "which": which,
@@ -170,6 +200,9 @@ def compare(
         "a": arm_a.describe(),
         "b": arm_b.describe(),
         **result,
+        "diverged_a": diverged_a,
+        "diverged_b": diverged_b,
+        "verdict_note": note,
         "excluded": arm_a.excluded("a") + arm_b.excluded("b"),
     }
 
@@ -180,7 +213,12 @@ def compare_all(
     """Every ordered pair of the sweep's configurations, compared seed by seed."""
     sweep_repository.get_sweep(session, sweep_id, principal)
     found = arms(repository.job_values(session, sweep_id, f"{which}_{metric}"), sweep_id)
-    better = resolved_mode(metric, mode)
+    better = resolved_mode(metric, mode, which)
+    if len(found) > stats.MAX_MATRIX_CONFIGS:
+        msg = (
+            f"{len(found)} configurations; every pair is computed for at most {stats.MAX_MATRIX_CONFIGS}: name a and b"
+        )
+        raise InvalidFields([field_error(("path", "sweep_id"), msg, "too_many_configurations")])
     values = {arm.config_hash or "": arm.values() for arm in found}
     configs = [
         {
@@ -208,7 +246,9 @@ def divergence(session: Session, sweep_id: int, principal: Principal, *, metric:
     """Per optimizer configuration: the fraction of runs diverged at each learning rate, the
     largest lr with none diverged and the smallest with all, and the metric vs lr (the
     lr-sensitivity table). Counts cover finished runs (succeeded or diverged); runs still queued
-    or running, failed or cancelled are listed at their lr but not counted."""
+    or running, failed or cancelled are not counted (``not_counted``; listed under an lr that has
+    finished runs). ``stable_max_lr`` is the largest lr with no run diverged, which a lower lr's
+    divergence does not rule out; ``stable_up_to_lr``, the largest lr at and below which none did."""
     sweep_repository.get_sweep(session, sweep_id, principal)
     groups: dict[tuple[str, str], list[JobValue]] = defaultdict(list)
     for job in repository.job_values(session, sweep_id, f"{which}_{metric}"):
@@ -225,19 +265,39 @@ def divergence(session: Session, sweep_id: int, principal: Principal, *, metric:
         for row in found["lrs"]:
             row["jobs"] = by_lr.pop(float(row["lr"]), [])
         found["not_counted"] = len(jobs) - len(counted)
+        found["stable_up_to_lr"] = _stable_up_to(found["lrs"])
         config = _without_lr(jobs[0].config)
         out.append({"group": name, "optimizer": jobs[0].optimizer, "config": config, **found})
     return {"metric": metric, "which": which, "groups": out}
 
 
+def _stable_up_to(rows: Sequence[Mapping[str, Any]]) -> float | None:
+    """The largest lr such that no run at it or at any lower lr diverged."""
+    stable = None
+    for row in rows:  # ascending lr
+        if row["diverged"]:
+            break
+        stable = row["lr"]
+    return stable
+
+
 def budget(
-    session: Session, sweep_id: int, principal: Principal, *, metric: str, which: str, mode: str | None
+    session: Session,
+    sweep_id: int,
+    principal: Principal,
+    *,
+    metric: str,
+    which: str,
+    mode: str | None,
+    group_by: str = "optimizer",
 ) -> dict[str, Any]:
-    """Per optimizer: the expected best metric after k trials of random search over the sweep's
-    runs (each finished run is one trial), k = 1..N, with a bootstrap band. A diverged trial
-    counts as the worst finite value the sweep reached: a tuner that draws it learns nothing."""
+    """Per optimizer (``group_by="optimizer"``) or per optimizer configuration without its lr
+    (``"config"``: sgd apart from sgd with momentum 0.9): the expected best metric after k
+    trials of random search over the sweep's runs (each finished run, a configuration and a
+    seed, is one trial), k = 1..N, with a bootstrap band. A diverged trial counts as the worst
+    finite value the sweep reached: a tuner that draws it learns nothing."""
     sweep_repository.get_sweep(session, sweep_id, principal)
-    better = resolved_mode(metric, mode)
+    better = resolved_mode(metric, mode, which)
     jobs = [
         j
         for j in repository.job_values(session, sweep_id, f"{which}_{metric}")
@@ -250,11 +310,11 @@ def budget(
         trials: dict[str, list[float]] = defaultdict(list)
         for j in jobs:
             value = j.value if j.status == JobStatus.succeeded and j.value is not None else worst
-            trials[j.optimizer].append(value)
+            trials[j.optimizer if group_by == "optimizer" else _group_key(j)[0]].append(value)
         for optimizer, values in trials.items():
             curve = stats.budget_curve(values, mode=better).as_dict()  # type: ignore[arg-type]
             groups.append({"group": optimizer, "n_trials": len(values), "diverged_as": worst, **curve})
-    return {"metric": metric, "which": which, "mode": better, "groups": groups}
+    return {"metric": metric, "which": which, "mode": better, "group_by": group_by, "groups": groups}
 
 
 def _target(best: float, tolerance: float, mode: str) -> float:
@@ -270,7 +330,8 @@ def profiles(
     A problem's target is the best configuration's mean final metric over seeds, relaxed by
     ``tolerance`` (relative). A configuration's time is the median over its seeds of the first
     epoch (and seconds) at which the metric reaches the target (never: infinite); an
-    optimizer's time is its best configuration's, as after tuning.
+    optimizer's time is its best configuration's, as after tuning. Seconds are left out (None)
+    for runs trained in packs, whose trials share the pack's clock.
     """
     better = BETTER[metric]
     problems = []
@@ -293,6 +354,8 @@ def profiles(
 
 
 def _problem(session: Session, sweep_id: int, metric: str, mode: str, tolerance: float) -> dict[str, Any]:
+    """A sweep's target and each optimizer's time to it: in epochs, and in seconds unless its runs
+    trained in packs (a pack's trials share one clock, so their seconds say nothing apart)."""
     found = arms(repository.job_values(session, sweep_id, f"final_{metric}"), sweep_id)
     means = {arm.config_hash: statistics.fmean(v.values()) for arm in found if (v := arm.values())}
     if not means:
@@ -307,17 +370,13 @@ def _problem(session: Session, sweep_id: int, metric: str, mode: str, tolerance:
             continue
         reached = [_reach(curves[j.job_id], target, mode) for j in finished]
         epochs = _median([r[0] for r in reached])
-        seconds = _median([r[1] for r in reached])
-        optimizer = arm.jobs[0].optimizer
-        current = times.get(optimizer)
-        if current is None or _earlier(epochs, seconds, current):
-            times[optimizer] = {
-                "epochs": epochs,
-                "seconds": seconds,
-                "config_hash": arm.config_hash,
-                "label": arm.label,
-            }
-    return {"target": target, "times": times}
+        seconds = None if any(j.packed for j in finished) else _median([r[1] for r in reached])
+        mine = times.setdefault(arm.jobs[0].optimizer, {"epochs": None, "seconds": None})
+        # Each measure takes the optimizer's best configuration for it, as after tuning.
+        for measure, value in (("epochs", epochs), ("seconds", seconds)):
+            if value is not None and (mine[measure] is None or value < mine[measure]):
+                mine[measure], mine[f"{measure}_config"] = value, arm.label
+    return {"target": target, "times": times, "packed": any(j.packed for arm in found for j in arm.jobs)}
 
 
 def _reach(curve: list[tuple[int, float, Any]], target: float, mode: str) -> tuple[float | None, float | None]:
@@ -335,13 +394,6 @@ def _median(values: list[float | None]) -> float | None:
     return None if middle == float("inf") else float(middle)
 
 
-def _earlier(epochs: float | None, seconds: float | None, current: Mapping[str, Any]) -> bool:
-    inf = float("inf")
-    mine = (epochs if epochs is not None else inf, seconds if seconds is not None else inf)
-    theirs = (current["epochs"] if current["epochs"] is not None else inf, current["seconds"] or inf)
-    return mine < theirs
-
-
 def trajectories(session: Session, sweep_id: int, principal: Principal) -> dict[str, Any]:
     """Every 2-D test function run of the sweep: its path, and the function's contour to draw it on."""
     from optim_engine.spec.surfaces import grid, surface
@@ -351,8 +403,9 @@ def trajectories(session: Session, sweep_id: int, principal: Principal) -> dict[
     paths, functions = [], set()
     for job in repository.job_values(session, sweep_id, "final_train_loss"):
         result, dataset = results.get(job.job_id, (None, {}))
-        if not result or result.get("kind") != "trajectory":
+        if not _is_path(result):
             continue
+        assert result is not None
         functions.add((result["function"], (dataset.get("params") or {}).get("condition")))
         paths.append(
             {
@@ -382,20 +435,45 @@ def trajectories(session: Session, sweep_id: int, principal: Principal) -> dict[
     }
 
 
+def _check_range_test_fits(tested: Mapping[str, Any], base: Mapping[str, Any], job_id: int) -> None:
+    """A range test's suggestion holds for the model, data, loss, batch size and optimizer it ran."""
+    keys = ("model", "dataset", "loss", "batch_size")
+    differ = [key for key in keys if tested.get(key) != base.get(key)]
+    if (tested.get("optimizer") or {}).get("name") != (base.get("optimizer") or {}).get("name"):
+        differ.append("optimizer.name")
+    if differ:
+        msg = f"job {job_id} tested another setting: {', '.join(differ)} differ from the sweep's base"
+        raise InvalidFields([field_error(("body", "lr_from", "job_id"), msg, "range_test_mismatch")])
+
+
+def _is_path(result: Mapping[str, Any] | None) -> bool:
+    """A stored trajectory this code can draw (results written by other versions are skipped)."""
+    from optim_engine.spec.surfaces import SURFACES
+
+    if not result or result.get("kind") != "trajectory" or result.get("function") not in SURFACES:
+        return False
+    return all(isinstance(result.get(key), list) for key in ("x", "y", "value"))
+
+
 def job_result(session: Session, job_id: int, principal: Principal) -> dict[str, Any]:
     """A job's result beyond its epochs (None for a plain training run, or until it finishes)."""
     job = job_repository.get_job(session, job_id, principal)
     return {"job_id": job.id, "status": job.status, "result": job.result}
 
 
-def lr_suggestion(session: Session, job_id: int, principal: Principal, suggestion: str) -> float:
-    """The learning rate a finished LR range test suggests; a 422 naming ``lr_from`` otherwise."""
+def lr_suggestion(
+    session: Session, job_id: int, principal: Principal, suggestion: str, base: Mapping[str, Any] | None = None
+) -> float:
+    """The learning rate a finished LR range test suggests; a 422 naming ``lr_from`` otherwise,
+    also when the test ran another problem or optimizer than ``base`` (a sweep's base spec)."""
     where = ("body", "lr_from", "job_id")
     try:
         job = job_repository.get_job(session, job_id, principal)
     except JobNotFound:
         raise InvalidFields([field_error(where, f"job {job_id} not found", "unknown_job")]) from None
     result = job.result or {}
+    if base is not None:
+        _check_range_test_fits(job.spec, base, job_id)
     if result.get("kind") != "lr_range_test":
         why = "has not finished" if job.status in (JobStatus.queued, JobStatus.running) else "is not an LR range test"
         raise InvalidFields([field_error(where, f"job {job_id} {why}", "not_a_range_test")])

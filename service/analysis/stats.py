@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
 
 Mode = Literal["min", "max"]
 Verdict = Literal["a", "b", "inconclusive"]
@@ -67,6 +66,8 @@ class Paired:
 
 def _t_ci(diffs: np.ndarray, confidence: float) -> tuple[float, float] | None:
     """Student t interval mean ± t_{(1+c)/2, n-1} · sd/√n; a zero sd gives the point (d, d)."""
+    from scipy import stats  # here, not at import: the API process starts without scipy
+
     n = diffs.size
     if n < 2:
         return None
@@ -79,6 +80,8 @@ def _t_ci(diffs: np.ndarray, confidence: float) -> tuple[float, float] | None:
 def _bca_ci(diffs: np.ndarray, confidence: float, n_resamples: int, seed: int) -> tuple[float, float] | None:
     """Bias-corrected and accelerated bootstrap interval of the mean diff (Efron 1987), resampling
     pairs (one-sample over the diffs is the same thing). None where BCa is undefined."""
+    from scipy import stats  # here, not at import: the API process starts without scipy
+
     if diffs.size < 3:
         return None
     if np.all(diffs == diffs[0]):
@@ -96,6 +99,8 @@ def _bca_ci(diffs: np.ndarray, confidence: float, n_resamples: int, seed: int) -
 def _wilcoxon(diffs: np.ndarray, seed: int) -> tuple[float | None, Literal["exact", "approx"] | None]:
     """Two-sided Wilcoxon signed-rank p-value with the method scipy's "auto" would choose, made
     explicit so the caller can report it: "exact" for the exact or fully enumerated null, else "approx"."""
+    from scipy import stats  # here, not at import: the API process starts without scipy
+
     if diffs.size == 0:
         return None, None
     if np.all(diffs == 0):
@@ -186,6 +191,10 @@ def paired(
     )
 
 
+MAX_MATRIX_CONFIGS = 30
+"""The most configurations an all-pairs matrix compares (435 pairs, each with a BCa bootstrap)."""
+
+
 def all_pairs(
     values: Mapping[str, Mapping[int, float]],
     *,
@@ -194,17 +203,60 @@ def all_pairs(
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """`paired` for every ordered pair of distinct keys (both directions, so each cell reads as a row)."""
-    keys = ["a", "b", "n", "mean_diff", "t_ci", "bca_ci", "wilcoxon_p", "p_a_better", "verdict"]
+    """`paired` for every ordered pair of distinct keys (both directions, so each cell reads as a
+    row). Each unordered pair is computed once and mirrored (negated, swapped intervals; the same
+    p). With many pairs some look significant by chance, so each cell also has ``p_holm``, the
+    Wilcoxon p adjusted over all pairs by Holm's step-down method, and its verdict uses it."""
+    names = list(values)
+    if len(names) > MAX_MATRIX_CONFIGS:
+        raise ValueError(f"{len(names)} configurations; an all-pairs matrix compares at most {MAX_MATRIX_CONFIGS}")
+    keys = ["a", "b", "n", "mean_diff", "t_ci", "bca_ci", "wilcoxon_p", "p_holm", "p_a_better", "verdict"]
+    halves: list[dict[str, Any]] = []
+    for i, name_a in enumerate(names):
+        for name_b in names[i + 1 :]:
+            full = paired(
+                values[name_a], values[name_b], mode=mode, confidence=confidence, n_resamples=n_resamples, seed=seed
+            )
+            cell = full.as_dict()
+            cell["a"], cell["b"] = name_a, name_b
+            halves.append(cell)
+    for cell, adjusted in zip(halves, _holm([c["wilcoxon_p"] for c in halves]), strict=True):
+        cell["p_holm"] = adjusted
+        t_ci = tuple(cell["t_ci"]) if cell["t_ci"] is not None else None
+        cell["verdict"] = _verdict(t_ci, adjusted, mode, confidence)  # type: ignore[arg-type]
     cells = []
-    for name_a, a in values.items():
-        for name_b, b in values.items():
-            if name_a == name_b:
-                continue
-            full = paired(a, b, mode=mode, confidence=confidence, n_resamples=n_resamples, seed=seed).as_dict()
-            full["a"], full["b"] = name_a, name_b
-            cells.append({k: full[k] for k in keys})
+    for cell in halves:
+        cells.append({k: cell[k] for k in keys})
+        cells.append({k: _mirrored(cell, k) for k in keys})
     return cells
+
+
+def _mirrored(cell: Mapping[str, Any], key: str) -> Any:
+    """``cell`` (A against B) read as B against A."""
+    value = cell[key]
+    if key in ("a", "b"):
+        return cell["b" if key == "a" else "a"]
+    if key == "mean_diff" and value is not None:
+        return -value
+    if key in ("t_ci", "bca_ci") and value is not None:
+        return [-value[1], -value[0]]
+    if key == "p_a_better" and value is not None:
+        return 1.0 - value
+    if key == "verdict":
+        return {"a": "b", "b": "a"}.get(value, value)
+    return value
+
+
+def _holm(ps: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of ``ps`` (None stays None and does not count)."""
+    present = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    m = len(present)
+    adjusted: list[float | None] = [None] * len(ps)
+    running = 0.0
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def _best_weights(n: int, ks: np.ndarray) -> np.ndarray:
@@ -356,7 +408,10 @@ def performance_profiles(
             ratios[problem] = problem_ratios
     finite = [r for row in ratios.values() for r in row.values() if r is not None]
     if taus is None:
-        taus = [float(t) for t in np.geomspace(1.0, max([2.0, *finite]), 50)]
+        # The grid plus every ratio itself and 2: rho steps exactly there, so rho(1), rho(2) and
+        # each jump read exactly off the answer.
+        grid = np.geomspace(1.0, max([2.0, *finite]), 50)
+        taus = sorted({float(t) for t in grid} | {1.0, 2.0} | {float(r) for r in finite})
     profiles: dict[str, list[float]] = {}
     for o in optimizers:
         within = np.array([r if (r := row[o]) is not None else math.inf for row in ratios.values()])

@@ -15,14 +15,13 @@ from sqlalchemy.orm import Session
 from optim_engine.spec import variant_names
 from service import broker
 from service.admission import spec_problems
-from service.analysis.service import lr_suggestion
 from service.auth.principal import Principal
 from service.db import transitions
 from service.db.models import Sweep
 from service.dispatcher import Dispatcher
 from service.errors import InvalidFields, field_error
 from service.settings import Settings
-from service.spec_codec import encode, stored_spec
+from service.spec_codec import encode, load_spec, stored_spec
 from service.sweeps import repository
 from service.sweeps.expansion import SweepInvalid, Trial, count, expand, plan_packs, problem
 from service.sweeps.schemas import Leaderboard, LeaderboardRow, SweepCreate, SweepOut, SweepPage
@@ -74,12 +73,19 @@ def create_sweep(
 def with_suggested_lrs(session: Session, body: SweepCreate, principal: Principal) -> SweepCreate:
     """``body`` with ``optimizer.lr`` gridded around its ``lr_from`` range test's suggestion."""
     assert body.lr_from is not None
+    from service.analysis.service import lr_suggestion  # scipy stays out of the API's start-up
+
     searched = [path for grid in body.grids() for path in grid]
     searched += list(body.random.params) if body.random is not None else []
-    if "optimizer.lr" in searched:
-        msg = "lr_from sets optimizer.lr; remove it from the grid and the random search"
+    # A whole optimizer object in the search brings its own lr, which lr_from would override.
+    if "optimizer.lr" in searched or "optimizer" in searched:
+        msg = "lr_from sets optimizer.lr; search neither optimizer.lr nor whole optimizer objects with it"
         raise InvalidFields([field_error(("body", "lr_from"), msg, "lr_conflict")])
-    suggested = lr_suggestion(session, body.lr_from.job_id, principal, body.lr_from.suggestion)
+    try:
+        base: dict[str, Any] | None = stored_spec(load_spec(body.base))
+    except ValueError:  # a base the search completes: plan() checks every expansion
+        base = None
+    suggested = lr_suggestion(session, body.lr_from.job_id, principal, body.lr_from.suggestion, base)
     lrs = body.lr_from.grid(suggested)
     grids = [{**grid, "optimizer.lr": lrs} for grid in body.grids()]
     return body.model_copy(update={"grid": grids if isinstance(body.grid, list) else grids[0]})

@@ -393,3 +393,27 @@ def test_catalog_lists_the_functions_the_point_and_the_value_loss() -> None:
     assert (("model", "name"), "point is not packable (packable: linear, logistic_regression, mlp)") in unpackable(
         JobSpec.model_validate(_spec({"name": "sgd"}))
     )
+
+
+def test_a_long_path_is_stored_evenly_thinned_with_its_ends() -> None:
+    from optim_engine._surface import STORED_POINTS, _Path
+
+    path = _Path()
+    for i in range(12_001):
+        path.add([float(i), -float(i)], float(i) ** 0.5)
+    stored = path.artifacts("quadratic")
+    assert len(stored["x"]) <= STORED_POINTS
+    assert stored["x"][0] == 0.0
+    assert stored["x"][-1] == 12_000.0, "the last point is always kept"
+    assert stored["stride"] == 3
+    assert stored["x"][:3] == [0.0, 3.0, 6.0]
+    short = _Path()
+    for i in range(11):
+        short.add([float(i), 0.0], 1.0)
+    assert short.artifacts("quadratic")["x"] == [float(i) for i in range(11)], "short paths are kept whole"
+
+
+def test_a_2d_run_past_the_path_cap_is_a_field_problem() -> None:
+    spec = {"model": {"name": "point"}, "dataset": {"name": "rosenbrock", "params": {"steps_per_epoch": 100_000}}}
+    with pytest.raises(ValidationError, match="steps_per_epoch"):
+        JobSpec.model_validate(spec | {"loss": "value", "optimizer": {"name": "sgd"}, "epochs": 3})

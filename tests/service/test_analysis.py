@@ -107,7 +107,32 @@ def test_a_paired_comparison_equals_scipy_on_the_raw_rows(client: TestClient, se
     ]
     assert answer["a"]["label"] == "sgd lr=0.1"
     assert answer["mode"] == "min"
-    assert answer["verdict"] in {"a", "b", "inconclusive"}
+    assert answer["diverged_a"] == [5], "a diverged at seed 5, where b finished"
+    assert answer["diverged_b"] == []
+    assert answer["verdict"] == "inconclusive", "5 pairs: the smallest exact two-sided p is 1/16"
+    backwards = client.get(f"/v1/sweeps/{sweep_id}/compare", params={"a": by_lr[0.01], "b": by_lr[0.1]}).json()
+    assert backwards["mean_diff"] == pytest.approx(-answer["mean_diff"])
+    assert backwards["diverged_b"] == [5]
+
+
+def test_a_winner_that_diverged_where_the_other_finished_gets_no_verdict(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    curves = {(0.1, s): [3.0, 1.0, 0.40 + 0.001 * s] for s in range(9)}
+    curves |= {(0.01, s): [3.0, 2.0, 0.90 + 0.002 * s] for s in range(9)}
+    clean = run_sweep(client, sessions, curves)
+    by_lr = hashes(client, clean)
+    won = client.get(f"/v1/sweeps/{clean}/compare", params={"a": by_lr[0.1], "b": by_lr[0.01]}).json()
+    assert won["verdict"] == "a", "8+ decisive pairs: a wins"
+    assert won["verdict_note"] is None
+    curves[(0.1, 8)] = [3.0, 9.0, float("nan")]
+    broken = run_sweep(client, sessions, curves)
+    by_lr = hashes(client, broken)
+    answer = client.get(f"/v1/sweeps/{broken}/compare", params={"a": by_lr[0.1], "b": by_lr[0.01]}).json()
+    assert answer["n"] == 8
+    assert answer["diverged_a"] == [8]
+    assert answer["verdict"] == "inconclusive"
+    assert "diverged at seeds [8]" in answer["verdict_note"]
 
 
 def test_every_pair_of_a_sweep_and_two_sweeps_on_one_problem(
@@ -147,6 +172,11 @@ def test_compare_refuses_what_does_not_pair(client: TestClient, sessions: sessio
     assert different.json()["detail"][0]["field"] == "query.b_sweep"
     assert "epochs" in different.json()["detail"][0]["msg"]
     assert client.get("/v1/sweeps/999/compare").status_code == 404
+    against = client.get(f"/v1/sweeps/{sweep_id}/compare", params={"metric": "val_loss", "mode": "max"})
+    assert against.status_code == 422, "a run's best loss is its minimum"
+    assert against.json()["detail"][0]["field"] == "query.mode"
+    final = client.get(f"/v1/sweeps/{sweep_id}/compare", params={"mode": "max", "which": "final"})
+    assert final.status_code == 200
     assert client.get(f"/v1/sweeps/{sweep_id}/compare", params={"metric": "nope"}).status_code == 422
 
 
@@ -171,6 +201,7 @@ def test_the_divergence_map_equals_the_raw_outcomes(client: TestClient, sessions
             {2} if row["lr"] == 1.0 else set()
         )
     assert group["stable_max_lr"] == 0.01
+    assert group["stable_up_to_lr"] == 0.01
     assert group["diverged_min_lr"] == 1.0, "both finished runs at lr 1.0 diverged"
     assert group["not_counted"] == 1
     assert group["group"] == "sgd"
@@ -189,6 +220,9 @@ def test_budget_curves_count_each_run_as_a_trial(client: TestClient, sessions: s
     assert group["expected"][-1] >= min(trials)
     assert group["expected"] == sorted(group["expected"], reverse=True)
     assert all(lo <= e <= hi for lo, e, hi in zip(group["lo"], group["expected"], group["hi"], strict=True))
+    by_config = client.get(f"/v1/sweeps/{sweep_id}/budget", params={"group_by": "config"}).json()
+    assert [g["group"] for g in by_config["groups"]] == ["sgd"], "lr is what the budget tunes"
+    assert client.get(f"/v1/sweeps/{sweep_id}/budget", params={"group_by": "seed"}).status_code == 422
 
 
 def test_time_to_target_and_profiles_across_two_sweeps(client: TestClient, sessions: sessionmaker[Session]) -> None:
@@ -245,9 +279,16 @@ def test_a_sweep_seeded_from_a_range_test_grids_around_its_suggestion(
         refused = client.post("/v1/sweeps", json={"base": BASE, "lr_from": lr_from})
         assert refused.status_code == 422
         assert refused.json()["detail"][0]["field"] == field
-    clash = client.post("/v1/sweeps", json=body | {"grid": {"optimizer.lr": [0.1]}})
-    assert clash.status_code == 422
-    assert clash.json()["detail"][0]["field"] == "lr_from"
+    for grid in ({"optimizer.lr": [0.1]}, {"optimizer": [{"name": "sgd", "lr": 0.1}]}):
+        clash = client.post("/v1/sweeps", json=body | {"grid": grid})
+        assert clash.status_code == 422
+        assert clash.json()["detail"][0]["field"] == "lr_from"
+    other_problem = client.post("/v1/sweeps", json=body | {"base": BASE | {"batch_size": 8}})
+    assert other_problem.status_code == 422
+    assert "batch_size" in other_problem.json()["detail"][0]["msg"]
+    adam = client.post("/v1/sweeps", json=body | {"base": BASE | {"optimizer": {"name": "adam", "lr": 0.001}}})
+    assert adam.status_code == 422
+    assert "optimizer.name" in adam.json()["detail"][0]["msg"]
     with sessions() as session, session.begin():
         plain = insert_job(session, BASE)
     advance(sessions, plain, losses=[1.0], status=JobStatus.succeeded)
@@ -271,6 +312,10 @@ def test_trajectories_come_with_the_contour_to_draw_them_on(
     for job in jobs:
         path = {"kind": "trajectory", "function": "rosenbrock", "x": [-1.5, -1.4], "y": [2.0, 1.9], "value": [1, 2]}
         finish_with_result(sessions, job["id"], path)
+    extra = client.post("/v1/sweeps", json={"base": spec, "grid": {"optimizer.lr": [0.003]}}).json()
+    (odd,) = client.get("/v1/jobs", params={"sweep_id": extra["id"]}).json()["items"]
+    finish_with_result(sessions, odd["id"], {"kind": "trajectory", "function": "nope", "x": 1})
+    assert client.get(f"/v1/sweeps/{extra['id']}/trajectories").status_code == 422, "no path it can draw"
     answer = client.get(f"/v1/sweeps/{created['id']}/trajectories").json()
     assert answer["function"] == "rosenbrock"
     assert answer["minimum"] == [1.0, 1.0]

@@ -179,15 +179,30 @@ def test_all_pairs_covers_every_ordered_pair() -> None:
     values = {"adam": A, "sgd": B, "rmsprop": {s: v + 0.05 for s, v in A.items()}}
     cells = all_pairs(values, mode="min", n_resamples=500)
     assert {(c["a"], c["b"]) for c in cells} == {(x, y) for x in values for y in values if x != y}
-    assert all(
-        set(c) == {"a", "b", "n", "mean_diff", "t_ci", "bca_ci", "wilcoxon_p", "p_a_better", "verdict"} for c in cells
-    )
+    keys = {"a", "b", "n", "mean_diff", "t_ci", "bca_ci", "wilcoxon_p", "p_holm", "p_a_better", "verdict"}
+    assert all(set(c) == keys for c in cells)
     cell = next(c for c in cells if (c["a"], c["b"]) == ("adam", "sgd"))
     direct = paired(A, B, mode="min", n_resamples=500)
     assert cell["mean_diff"] == pytest.approx(direct.mean_diff)
     assert cell["bca_ci"] == pytest.approx(list(direct.bca_ci or ()))
-    assert cell["verdict"] == direct.verdict
+    mirror = next(c for c in cells if (c["a"], c["b"]) == ("sgd", "adam"))
+    backwards = paired(B, A, mode="min", n_resamples=500)
+    assert mirror["mean_diff"] == pytest.approx(backwards.mean_diff)
+    assert mirror["t_ci"] == pytest.approx(list(backwards.t_ci or ()))
+    assert mirror["wilcoxon_p"] == pytest.approx(backwards.wilcoxon_p)
+    assert mirror["p_a_better"] == pytest.approx(backwards.p_a_better)
+    # Holm over the 3 unordered pairs: the smallest p times 3, then monotone.
+    ps = sorted(c["wilcoxon_p"] for c in cells[::2])
+    assert min(c["p_holm"] for c in cells) == pytest.approx(min(1.0, 3 * ps[0]))
+    assert all(c["p_holm"] >= c["wilcoxon_p"] for c in cells)
     _assert_json_plain(cells)
+
+
+def test_holm_adjustment_by_hand() -> None:
+    from service.analysis.stats import _holm
+
+    assert _holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert _holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
 
 
 VALUES = [0.42, 0.35, 0.9, 0.51, 0.38, 0.6, 0.47, 0.33, 0.75, 0.4]
@@ -292,7 +307,9 @@ def test_performance_profiles_hand_worked() -> None:
 
 def test_performance_profile_default_taus_and_bad_times() -> None:
     out = performance_profiles({"p": {"adam": 1.0, "sgd": 5.0}, "q": {"adam": 2.0, "sgd": 2.0}})
-    assert len(out["taus"]) == 50
+    assert len(out["taus"]) >= 50
+    assert {1.0, 2.0, 5.0} <= set(out["taus"]), "rho is exact at 1, 2 and every ratio"
+    assert out["profiles"]["sgd"][out["taus"].index(2.0)] == 0.5
     assert (out["taus"][0], out["taus"][-1]) == (pytest.approx(1.0), pytest.approx(5.0))
     assert out["profiles"]["sgd"][-1] == 1.0
     close = performance_profiles({"p": {"adam": 1.0, "sgd": 1.1}})

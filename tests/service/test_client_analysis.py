@@ -109,7 +109,7 @@ def test_divergence_has_a_row_per_group_and_lr(server: Server, client: Client) -
 def test_budget_has_a_row_per_group_and_k(server: Server, client: Client) -> None:
     server.routes["/v1/sweeps/3/budget"] = answers.budget()
     frame = client.budget(3, metric="train_loss")
-    assert server.params() == {"metric": "train_loss", "which": "best"}
+    assert server.params() == {"metric": "train_loss", "which": "best", "group_by": "optimizer"}
     assert list(frame.columns) == ["group", "n_trials", "k", "expected", "lo", "hi"]
     assert len(frame) == 8 + 5
     first = frame[(frame["group"] == "sgd") & (frame["k"] == 1)].iloc[0]
