@@ -31,6 +31,7 @@ UNSTATED_RULES = frozenset(
     {"value_error", "spec_field", "resource_cap", "unavailable_on_host", "invalid_combination", "invalid_cursor"}
     | {"configuration_required", "unknown_configuration", "same_configuration", "different_problem", "empty_sweep"}
     | {"no_trajectories", "invalid_ids", "lr_conflict", "unknown_job", "not_a_range_test", "no_suggestion"}
+    | {"mode_against_best", "too_many_configurations", "range_test_mismatch"}
 )
 """The 422 types of rules the code states and no JSON Schema can: validators' cross-field rules
 (``value_error``, the spec's ``spec_field``), this server's caps, what this host has, a sweep's
