@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from optim_engine import _data_files
+from optim_engine import _bundled, _data_files
 from optim_engine.settings import get_settings
 from optim_engine.spec import (
     BCEWithLogitsLoss,
@@ -68,6 +68,8 @@ def _synthetic_classification(spec: SyntheticClassificationDataset, _: Path) -> 
 
 
 def _sklearn(spec: SklearnDataset, _: Path) -> _data_files.ArrayData:
+    if (arrays := _bundled.load(spec.name)) is not None:  # the same arrays, without importing sklearn
+        return arrays
     from sklearn import datasets  # imported here: sklearn is slow to import and only these need it
 
     loader: Callable[..., Any] = getattr(datasets, f"load_{spec.name}")
