@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from service import plots  # matplotlib only when a plot is drawn (the ``plot`` extra)
+from service.client_display import TERMINAL, Progress, flatten, label, progress_of
 from service.client_frames import budget_frame, divergence_frame, matrix_frame, pairs_frame
 
 if TYPE_CHECKING:
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 DEFAULT_URL = "http://127.0.0.1:8000"
 Ref = int | Mapping[str, Any]  # an id, or the dict the server returned for it
 Out = str | Path | None  # where a plot is saved as PNG (None: not saved)
-TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled"})
+LONG_POLL_S = 25.0
+"""How long ``wait`` asks the server to hold each request: under the usual 30 s proxy timeouts."""
 
 
 class OptimlabError(Exception):
@@ -351,23 +353,47 @@ class Client:
         timeout: float | None = None,
     ) -> dict[str, Any]:
         """Block until a job (an id or a job dict) or a sweep (a sweep dict) is finished; with
-        ``progress``, a bar shows jobs done / total (epochs for one job) and the current best."""
+        ``progress``, a bar shows jobs done / total (epochs for one job) and the current best.
+
+        Each request is a long-poll: the server answers when the state changes (or after
+        ``LONG_POLL_S``), so completion shows within its check interval (~50 ms) and the bar moves
+        on every change. A server without long-polling (no ``state_token`` in its answers) is
+        asked again every ``poll`` seconds."""
         is_sweep = isinstance(target, Mapping) and "n_jobs" in target
-        fetch = self.get_sweep if is_sweep else self.job
+        path = f"/v1/{'sweeps' if is_sweep else 'jobs'}/{_id(target)}"
         deadline = None if timeout is None else time.monotonic() + timeout
-        bar = _Progress(progress)
+        bar = Progress(progress)
         try:
+            state = dict(self._json("GET", path))
             while True:
-                state = fetch(target)
-                done, total, text = _progress_of(state, is_sweep)
-                bar.update(done, total, text)
+                bar.update(*progress_of(state, is_sweep))
                 if state.get("done") if is_sweep else state["status"] in TERMINAL:
                     return state
-                if deadline is not None and time.monotonic() > deadline:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"{'sweep' if is_sweep else 'job'} {_id(target)} not finished after {timeout} s")
-                time.sleep(poll)
+                state = self._next_state(path, state, poll=poll, remaining=remaining)
         finally:
             bar.close()
+
+    def _next_state(
+        self, path: str, state: Mapping[str, Any], *, poll: float, remaining: float | None
+    ) -> dict[str, Any]:
+        """The state after ``state``: long-polled with its token, or after ``poll`` seconds from a
+        server whose answers carry none (it would ignore ``wait_s`` and answer at once)."""
+        token = state.get("state_token")
+        if token is None:
+            time.sleep(poll if remaining is None else min(poll, remaining))
+            return dict(self._json("GET", path))
+        wait_s = LONG_POLL_S if remaining is None else round(min(LONG_POLL_S, remaining), 3)
+        params = {"wait_s": wait_s, "since": token}
+        return dict(self._json("GET", path, params=params, timeout=self._timeout_beyond(wait_s)))
+
+    def _timeout_beyond(self, wait_s: float) -> httpx.Timeout:
+        """The client's timeouts, reading ``wait_s`` longer: a held answer is not a slow server."""
+        base = self._http.timeout
+        read = None if base.read is None else base.read + wait_s
+        return httpx.Timeout(connect=base.connect, read=read, write=base.write, pool=base.pool)
 
     # --- plots (service.plots; needs matplotlib: ``pip install 'optimlab[plot]'``) -----------
 
@@ -430,73 +456,3 @@ def _error(response: httpx.Response) -> OptimlabError:
 
 def _id(target: int | Mapping[str, Any]) -> int:
     return int(target["id"]) if isinstance(target, Mapping) else int(target)
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optimizer": {"name": "sgd", "lr": 0.1}} → {"optimizer.name": "sgd", "optimizer.lr": 0.1}."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat |= flatten(value, f"{path}.")
-        else:
-            flat[path] = value
-    return flat
-
-
-def label(flat: Mapping[str, Any]) -> str:
-    """A short, stable name for a configuration, grouped by the spec's top-level key:
-    ``sgd lr=0.01 momentum=0.9 | step_lr step_size=10 gamma=0.1``, ``lr=0.1``, ``scheduler=none``."""
-    if not flat:
-        return "base"
-    groups: dict[str, list[str]] = {}
-    for path, value in flat.items():
-        top, _, rest = path.partition(".")
-        parts = groups.setdefault(top, [])
-        leaf = rest.rsplit(".", 1)[-1] if rest else top
-        if value is None:
-            parts.append(f"{top}=none")
-        elif leaf == "name" and rest:
-            parts.insert(0, str(value))
-        else:
-            parts.append(f"{leaf}={value}")
-    return " | ".join(" ".join(parts) for parts in groups.values())
-
-
-def _progress_of(state: Mapping[str, Any], is_sweep: bool) -> tuple[int, int, str]:
-    if is_sweep:
-        counts = state["counts"]
-        finished = sum(counts[s] for s in TERMINAL)
-        best = state.get("best")
-        text = f"sweep {state['id']}"
-        if best and best.get("mean") is not None:
-            text += f" · best {best['mean']:.4g} ({label(flatten(best['config']))})"
-        return finished, int(state["n_jobs"]), text
-    summary = state["summary"]
-    return int(summary["epochs_done"]), int(summary["epochs_total"]), f"job {state['id']} {state['status']}"
-
-
-class _Progress:
-    """A rich progress bar, or nothing."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._bar: Any = None
-        self._task: Any = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-            )
-            self._bar.start()
-
-    def update(self, done: int, total: int, text: str) -> None:
-        if self._bar is None:
-            return
-        if self._task is None:
-            self._task = self._bar.add_task(text, total=total)
-        self._bar.update(self._task, completed=done, total=total, description=text)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()

@@ -85,12 +85,42 @@ class Settings(EngineSettings):
     max_json_depth: int = Field(
         default=64, ge=1, description="Deepest nesting of a JSON body (400 beyond); a sweep nests about 10 deep."
     )
+    max_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=60.0,
+        description="Longest a long-poll GET (?wait_s=) is held; a larger wait_s waits this long (0: never held).",
+    )
+    longpoll_interval_s: float = Field(
+        default=0.05,
+        gt=0,
+        description=(
+            "How often a held GET reads its job's or sweep's state (sooner just after it starts): the delay "
+            "between a change landing and its waiter's answer. One indexed read per waiter each time."
+        ),
+    )
     pack_max: int = Field(
         default=32,
         ge=1,
         description=(
             "Most trials in one pack (a sweep's jobs trained together by one worker task). Larger packs "
             "amortize more per step; smaller ones spread a sweep over more workers."
+        ),
+    )
+    curve_cache_bytes: int = Field(
+        default=64 << 20,
+        ge=0,
+        description=(
+            "Bytes of finished sweeps' encoded bulk curves (GET /v1/sweeps/{id}/metrics) an API process keeps, "
+            "least recently used dropped first (0: none kept). A finished sweep's curves never change."
+        ),
+    )
+    curve_stream_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description=(
+            "A sweep with more epoch rows than this gets its bulk curves as a stream, a few hundred jobs at a "
+            "time, never held whole in memory (nor cached)."
         ),
     )
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from optim_engine.results import METRIC_NAMES
+from service import longpoll
 from service.db.models import JobStatus
 from service.db.session import utcnow
 from service.deps import DispatcherDep, IdempotencyKey, PrincipalDep, SessionDep, SettingsDep
@@ -76,10 +79,29 @@ def list_jobs(
     return JobPage(items=[JobOut.of(job, now) for job in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", responses=error_responses(404))
-def get_job(job_id: Id, session: SessionDep, principal: PrincipalDep) -> JobOut:
-    """Status, spec, summary, error, attempt, worker, device and timings of one job."""
-    return JobOut.of(job_service.get_job(session, job_id, principal), utcnow())
+@router.get("/{job_id}", responses=error_responses(404) | longpoll.ETAG_HEADER)
+async def get_job(
+    job_id: Id,
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    wait_s: longpoll.WaitSeconds = 0,
+    since: longpoll.Since = None,
+) -> JobOut:
+    """Status, spec, summary, error, attempt, worker, device and timings of one job.
+
+    Long-poll: with `since` (an earlier answer's `state_token`) and `wait_s`, the answer waits
+    until the job's status, epochs_done, attempt or cancel_requested differ from that answer's,
+    or `wait_s` seconds pass; it comes at once if they already differ. Either way it is a 200
+    with the job as it is then, its `state_token` also in the `ETag` header."""
+    watch = partial(job_service.watch, session, job_id, principal)
+    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s)
+    job = await run_in_threadpool(job_service.get_job, session, job_id, principal)
+    out = JobOut.of(job, utcnow())
+    response.headers["ETag"] = longpoll.etag(out.state_token)
+    return out
 
 
 @router.get(

@@ -6,11 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model, model_validator
 
 from optim_engine.results import METRICS, SUMMARY_METRICS
 from optim_engine.spec import JobSpec
 from service.db.models import Job
+from service.longpoll import job_token
 from service.schemas import EXAMPLE_SPEC, StorableJson, Text, json_integers
 from service.spec_codec import decode
 
@@ -112,6 +113,17 @@ class JobOut(BaseModel):
     heartbeat_at: dt.datetime | None
     finished_at: dt.datetime | None
     run_seconds: float | None = Field(description="From first start to finish (or to now while running).")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description=(
+            "Changes whenever status, summary.epochs_done, attempt or cancel_requested does: pass it as "
+            "?since= with ?wait_s= to GET /v1/jobs/{id} to wait for the next change."
+        )
+    )
+    @property
+    def state_token(self) -> str:
+        epochs_done = self.summary.epochs_done  # type: ignore[attr-defined]  # a create_model field
+        return job_token(self.status, epochs_done, self.attempt, self.cancel_requested)
 
     @classmethod
     def of(cls, job: Job, now: dt.datetime) -> JobOut:

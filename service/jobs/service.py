@@ -18,6 +18,7 @@ from service.db.models import Job, JobStatus
 from service.dispatcher import Dispatcher
 from service.jobs import repository
 from service.jobs.schemas import JobCreate
+from service.longpoll import TokenReader, job_token
 from service.settings import Settings
 from service.spec_codec import stored_spec
 
@@ -75,6 +76,20 @@ def list_jobs(
 
 def get_job(session: Session, job_id: int, principal: Principal) -> Job:
     return repository.get_job(session, job_id, principal)
+
+
+def watch(session: Session, job_id: int, principal: Principal) -> TokenReader:
+    """A reader of the job's state token for a long-poll, once ``JobNotFound`` is ruled out. The
+    request's session is committed and closed before the wait: it holds no pooled connection
+    meanwhile, and the answer after the wait reads fresh rows, not objects loaded before it."""
+
+    def read(each: Session) -> str:
+        return job_token(*repository.watched_state(each, job_id, principal))
+
+    read(session)
+    session.commit()
+    session.close()
+    return read
 
 
 def job_metrics(

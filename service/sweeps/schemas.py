@@ -9,9 +9,19 @@ import math
 import random
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    computed_field,
+    field_validator,
+    model_validator,
+)
 
 from optim_engine.results import METRIC_NAMES
+from service.longpoll import sweep_token
 from service.schemas import EXAMPLE_SPEC, INTEGRAL, JsonFloat, JsonInt, StorableJson, Text
 from service.spec_codec import decode, encode
 
@@ -233,6 +243,16 @@ class SweepOut(BaseModel):
     template: dict[str, Any]
     search: dict[str, Any]
     execution: str = Field(description="auto, packed or separate (see POST /v1/sweeps).")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description=(
+            "Changes whenever the counts (and so done) do; best only moves with them. Pass it as ?since= "
+            "with ?wait_s= to GET /v1/sweeps/{id} to wait for the next change."
+        )
+    )
+    @property
+    def state_token(self) -> str:
+        return sweep_token(self.counts)
 
 
 class SweepPage(BaseModel):

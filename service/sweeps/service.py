@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from optim_engine.spec import variant_names
@@ -20,9 +20,12 @@ from service.db import transitions
 from service.db.models import Sweep
 from service.dispatcher import Dispatcher
 from service.errors import InvalidFields, field_error
+from service.longpoll import TokenReader, sweep_token
+from service.responses import etag_matches
 from service.settings import Settings
 from service.spec_codec import encode, load_spec, stored_spec
-from service.sweeps import repository
+from service.sweeps import curves, repository
+from service.sweeps.curves import Curves
 from service.sweeps.expansion import SweepInvalid, Trial, count, expand, plan_packs, problem
 from service.sweeps.schemas import Leaderboard, LeaderboardRow, SweepCreate, SweepOut, SweepPage
 
@@ -159,6 +162,17 @@ def get_sweep(session: Session, sweep_id: int, principal: Principal) -> SweepOut
     return describe(session, repository.get_sweep(session, sweep_id, principal))
 
 
+def watch(session: Session, sweep_id: int, principal: Principal) -> TokenReader:
+    """A reader of the sweep's state token (one grouped count) for a long-poll, once
+    ``SweepNotFound`` is ruled out (its owner never changes). The request's session is committed
+    and closed before the wait: it holds no pooled connection meanwhile, and the answer after the
+    wait reads fresh rows, not objects loaded before it."""
+    repository.get_sweep(session, sweep_id, principal)
+    session.commit()
+    session.close()
+    return lambda each: sweep_token(repository.status_counts(each, [sweep_id])[sweep_id])
+
+
 def list_sweeps(
     session: Session, principal: Principal, *, owner: str | None = None, limit: int, cursor: str | None = None
 ) -> SweepPage:
@@ -206,22 +220,41 @@ def leaderboard(
     )
 
 
-@dataclass(frozen=True)
-class SweepMetrics:
-    """Every job's epoch rows as a table (``columns`` names each row's values), and the jobs."""
-
-    columns: list[str]
-    rows: Sequence[Any]
-    jobs: list[dict[str, Any]] | None
-
-
 def sweep_metrics(
-    session: Session, sweep_id: int, principal: Principal, columns: str, *, with_jobs: bool = True
-) -> SweepMetrics:
-    """The metric ``columns`` (comma-separated) of every epoch of every job of the sweep, and
-    (``with_jobs``) each job's config, seed and status, to label its curve."""
+    session: Session,
+    sweep_id: int,
+    principal: Principal,
+    columns: str,
+    *,
+    settings: Settings,
+    as_csv: bool = False,
+    if_none_match: str | None = None,
+) -> Curves:
+    """The metric ``columns`` (comma-separated) of every epoch of every job of the sweep, and (as
+    JSON) each job's config, seed and status, to label its curve.
+
+    The owner check comes first. A finished sweep's curves never change: they get a strong ETag
+    (``If-None-Match`` naming it: not modified, no body) and are kept encoded in a cache bounded
+    by ``curve_cache_bytes``; a running sweep's are read afresh each time, with no ETag. A sweep
+    of more than ``curve_stream_rows`` rows streams, never held whole (nor cached).
+    """
     repository.get_sweep(session, sweep_id, principal)
     wanted = [c.strip() for c in columns.split(",") if c.strip()]
-    names, rows = repository.sweep_metrics(session, sweep_id, wanted)
-    jobs = repository.sweep_jobs(session, sweep_id) if with_jobs else None
-    return SweepMetrics(names, rows, jobs)
+    query = curves.CurveQuery(sweep_id, repository.curve_columns(wanted), as_csv)
+    state = repository.curve_state(session, sweep_id)
+    etag = query.etag(state) if state.finished else None
+    if etag is not None and etag_matches(if_none_match, etag):
+        return Curves(None, query.media_type, etag)
+    bind = session.get_bind()
+    engine = bind if isinstance(bind, Engine) else bind.engine
+    if state.rows > settings.curve_stream_rows:
+        job_ids = repository.job_ids(session, sweep_id)
+        session.commit()  # the stream reads on connections of its own; this one (SQLite: its lock) goes now
+        return Curves(curves.stream(engine, query, job_ids), query.media_type, etag)
+    cache = curves.cache_for(engine, settings.curve_cache_bytes)
+    body = cache.get(etag) if etag is not None else None
+    if body is None:
+        body = curves.encode(repository.CurveReader.of_session(session), query, state)
+        if etag is not None:
+            cache.put(etag, body)
+    return Curves(body, query.media_type, etag)

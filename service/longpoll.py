@@ -1,0 +1,116 @@
+"""Long-polling for GET /v1/jobs/{id} and /v1/sweeps/{id}: the state tokens that say whether what a
+waiter watches has changed, and the wait that holds a request until it does.
+
+Workers are other processes, so the API learns of a change by reading the database: each waiter
+reads one cheap row or count in the threadpool every ``longpoll_interval_s`` (sooner at first),
+and sleeps on the event loop in between, so a thousand waiters pin no thread."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Query, Request
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from service.settings import Settings
+
+MAX_WAIT_S = 60.0
+"""The schema's bound on ``wait_s``; a server may hold requests for less (``max_wait_s``)."""
+
+TokenReader = Callable[[Session], str]
+"""Reads the current state token of one watched object in the session it is given."""
+
+WaitSeconds = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=MAX_WAIT_S,
+        description=(
+            "Long-poll: with `since`, hold the answer up to this many seconds until the state differs from "
+            "`since` (0: answer at once). The server may cap it lower (OPTIMLAB_MAX_WAIT_S)."
+        ),
+    ),
+]
+Since = Annotated[
+    str | None,
+    Query(
+        max_length=64,
+        description=(
+            "Long-poll: the `state_token` (or the `ETag`) of an earlier answer. A different current state "
+            "is answered at once; the same one waits (see `wait_s`)."
+        ),
+    ),
+]
+
+ETAG_HEADER: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            "ETag": {
+                "description": 'W/"<state_token>": weak, since fields outside the token (timings) may differ.',
+                "schema": {"type": "string"},
+            }
+        }
+    }
+}
+"""The OpenAPI ``responses`` entry of a long-pollable GET: its 200 carries the token as an ETag."""
+
+
+def state_token(*parts: object) -> str:
+    """An opaque token of ``parts``: equal parts give equal tokens in every API process (no
+    ``hash()``, which is salted per process), so a waiter may ask any replica."""
+    text = "\x1f".join(str(part) for part in parts)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def job_token(status: str, epochs_done: int, attempt: int, cancel_requested: bool) -> str:
+    """What a job's waiter watches: its status, its progress, a new attempt and a cancel request."""
+    return state_token("job", str(status), epochs_done, attempt, cancel_requested)
+
+
+def sweep_token(counts: Mapping[str, int]) -> str:
+    """What a sweep's waiter watches: its jobs per status (``done`` follows from them). Its ``best``
+    is not hashed: it is computed from succeeded jobs, whose summary is written in the transaction
+    that makes them succeeded, so it only moves when the counts do."""
+    return state_token("sweep", *(f"{status}={counts[status]}" for status in sorted(counts)))
+
+
+def etag(token: str) -> str:
+    return f'W/"{token}"'
+
+
+async def hold(
+    request: Request,
+    settings: Settings,
+    watch: Callable[[], TokenReader],
+    *,
+    since: str | None,
+    wait_s: float,
+) -> None:
+    """Return once the watched state's token differs from ``since``, ``wait_s`` (capped at
+    ``settings.max_wait_s``) has passed, or the client has gone; at once without ``since`` or
+    with ``wait_s`` 0. ``watch`` runs first, in the threadpool, with the request's session: it
+    checks that the principal sees the object (raising its 404 error otherwise) and returns the
+    reader each check runs in a session of its own, so a waiting request holds no connection."""
+    if since is None or wait_s <= 0:
+        return
+    since = since.removeprefix("W/").strip('"')  # the ETag says the same as the token
+    read = await run_in_threadpool(watch)
+    session_factory = request.app.state.session_factory
+
+    def current() -> str:
+        with session_factory() as session:
+            return read(session)
+
+    deadline = time.monotonic() + min(wait_s, settings.max_wait_s)
+    interval = settings.longpoll_interval_s / 4  # a change about to land is seen sooner
+    while await run_in_threadpool(current) == since:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or await request.is_disconnected():
+            return
+        await anyio.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, settings.longpoll_interval_s)
