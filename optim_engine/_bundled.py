@@ -11,6 +11,7 @@ import csv
 import gzip
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,15 @@ from optim_engine._data_files import ArrayData
 CSV_FILES = {"iris": "iris.csv", "wine": "wine_data.csv", "breast_cancer": "breast_cancer.csv"}
 """Datasets stored as scikit-learn's CSV: a header ``n_samples,n_features,...``, then rows of
 features and an integer class."""
+
+
+def needs_sklearn(dataset: Any) -> bool:
+    """Whether building ``dataset`` (a dataset spec) imports scikit-learn: a bundled dataset this
+    module cannot read, or whose files are not where it looks."""
+    name = getattr(dataset, "name", None)
+    if name not in ("digits", "iris", "wine", "breast_cancer", "diabetes"):
+        return False
+    return name not in ("digits", *CSV_FILES) or data_dir() is None
 
 
 def data_dir() -> Path | None:

@@ -124,7 +124,9 @@ def worker(
     if pool == "solo":
         if gpu_ids:
             os.environ["CUDA_VISIBLE_DEVICES"] = gpu_ids[0]
-        import torch  # noqa: F401  (warm-up: the first job does not pay for the import)
+        from workers.app import warm_up_before_start
+
+        warm_up_before_start("cuda" if gpu_ids else None)  # torch, the engine, the datasets: not the first job
     celery_app.worker_main(argv)
 
 

@@ -6,11 +6,13 @@ Start with ``optimlab worker`` (one process per GPU, each pinned to its own) or
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
-from typing import Any
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, get_args
 
 from celery.signals import worker_process_init
 
@@ -30,15 +32,16 @@ def child_gpu(index: int, gpus: str | None) -> str | None:
     return ids[index % len(ids)] if ids else None
 
 
-_torch_import: list[threading.Thread] = []  # this pool child's warm-up import, once started
+_warm_up: list[threading.Thread] = []  # this pool child's warm-up, once started
+_engine_warm = threading.Event()  # its first stage (torch, the engine) is over
 
 
 @worker_process_init.connect
 def _pin_and_warm(**_: Any) -> None:
-    """After the fork: pin this child to its GPU before CUDA starts, then import torch once so
-    the first job does not pay for it.
+    """After the fork: pin this child to its GPU before CUDA starts, then warm it up (``warm_up``)
+    so that its first job costs what its tenth does.
 
-    The import runs on a thread: Celery kills a child that has not reported ready within
+    The warm-up runs on a thread: Celery kills a child that has not reported ready within
     ``worker_proc_alive_timeout`` (4 s), and this hook runs before that report, so importing
     torch here under load killed children in a loop. The pinning stays here, before the thread
     starts: CUDA reads ``CUDA_VISIBLE_DEVICES`` once, when torch first initializes it.
@@ -49,15 +52,104 @@ def _pin_and_warm(**_: Any) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         log.info("pool child %s pinned to GPU %s", os.getpid(), gpu)
-    # CUDA itself initializes lazily, on first use, in the task.
-    thread = threading.Thread(target=importlib.import_module, args=("torch",), name="torch-import", daemon=True)
-    _torch_import.append(thread)
+    if _warmed_before_start.is_set():  # a solo worker warmed up before it started consuming
+        return
+    thread = threading.Thread(target=warm_up, args=("cuda" if gpu is not None else None,), name="warm-up", daemon=True)
+    _warm_up.append(thread)
     thread.start()
 
 
+_warmed_before_start = threading.Event()
+
+
+def warm_up_before_start(gpu: str | None = None) -> None:
+    """A solo worker (``optimlab up``'s), whose tasks run in its own process and which has no
+    child start-up timeout to respect: warm up at once, before it reports ready, so that ready
+    means its first job costs what its tenth does."""
+    warm_up(gpu)
+    _warmed_before_start.set()
+
+
 def wait_for_torch() -> None:
-    """Wait for this child's warm-up import of torch (at once elsewhere). A task calls it before
-    its first torch import: two threads importing torch's modules at once can deadlock on
-    Python's per-module import locks."""
-    for thread in _torch_import:
+    """Wait for the first stage of this child's warm-up: torch and the engine (at once
+    elsewhere). A task calls it before its first torch import: two threads importing torch's
+    modules at once can deadlock on Python's per-module import locks."""
+    if _warm_up:
+        _engine_warm.wait()
+
+
+def wait_for_datasets() -> None:
+    """Wait for the whole warm-up, whose second stage may import scikit-learn (for the import
+    locks' sake, as ``wait_for_torch``): a task whose dataset needs scikit-learn's own loader
+    calls it first; the others (digits, iris, wine and breast_cancer are read without it,
+    ``optim_engine._bundled``) need not wait for an import they never make."""
+    for thread in _warm_up:
         thread.join()
+
+
+def warm_up(gpu: str | None = None) -> None:
+    """Pay, once, what a fresh process's first job pays on top of its tenth's (measured by
+    ``tests/workers/test_warm.py``): importing torch, ``torch._dynamo`` (1-2.3 s: torch imports
+    it lazily, on the first optimizer constructed) and scikit-learn's dataset code (1-2.7 s).
+
+    First stage (``wait_for_torch``): one tiny 1-epoch run of the plain loop on synthetic data,
+    the way a job runs, with the settings' torch threads, leaving the global RNG as it found
+    it; on a child pinned to a GPU (``gpu``), a second run initializes CUDA there. Second stage
+    (``wait_for_datasets``): each bundled scikit-learn dataset built once. A step that fails
+    is logged and skipped, and costs nothing else: the first job pays for it, as before.
+    """
+    started = time.monotonic()
+    try:
+        warm = [_attempt(partial(_warm_engine, device)) for device in ("cpu", gpu) if device is not None]
+    finally:
+        _engine_warm.set()
+    warm.append(_attempt(_warm_datasets))
+    if all(warm):
+        log.info("pool child %s warmed up in %.1f s", os.getpid(), time.monotonic() - started)
+
+
+def _attempt(step: Callable[[], None]) -> bool:
+    """Run a warm-up step; log its failure (the first job pays for that step) and go on."""
+    try:
+        step()
+    except Exception:
+        log.warning("warm-up failed; the first job pays for what it did not do", exc_info=True)
+        return False
+    return True
+
+
+def _warm_engine(device: str) -> None:
+    import torch
+
+    from optim_engine import train, train_trials
+
+    spec = _tiny_spec({"name": "synthetic_classification", "params": {"n_samples": 256}}, "cross_entropy", device)
+    threads = get_settings().torch_threads
+    with torch.random.fork_rng(devices=[]):  # the runs seed the global RNG; leave it as it was
+        train(spec, num_threads=threads)
+        # A sweep's jobs train as packs: their loop's first run pays its own first-time costs.
+        packed = [spec, {**spec, "optimizer": {"name": "sgd", "lr": 0.1, "params": {"momentum": 0.9}}}]
+        train_trials(packed, packed=True, num_threads=threads)
+
+
+def _warm_datasets() -> None:
+    from optim_engine import build_dataset
+    from optim_engine.spec import SklearnDataset, static_info
+
+    for name in get_args(SklearnDataset.model_fields["name"].annotation):
+        info = static_info(SklearnDataset(name=name))
+        regression = info is not None and info.task == "regression"
+        build_dataset(_tiny_spec({"name": name}, "mse" if regression else "cross_entropy"))
+
+
+def _tiny_spec(dataset: dict[str, Any], loss: str, device: str = "cpu") -> dict[str, Any]:
+    """A spec of a few milliseconds' training on ``dataset``: one epoch of a narrow MLP, Adam."""
+    return {
+        "model": {"name": "mlp", "params": {"depth": 1, "width": 8}},
+        "dataset": dataset,
+        "loss": loss,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "epochs": 1,
+        "batch_size": 256,
+        "device": device,
+    }

@@ -27,7 +27,7 @@ from service.db.models import Job, JobStatus
 from service.settings import Settings
 from service.spec_codec import load_spec
 from workers import shutdown
-from workers.app import GPUS_ENV, wait_for_torch
+from workers.app import GPUS_ENV, wait_for_datasets, wait_for_torch
 from workers.database import DatabaseLost, with_db
 from workers.writer import OUTCOME_STATUS, RELEASED, Attempts, Writer, finish_details
 
@@ -115,10 +115,13 @@ def _beating(attempts: Attempts, interval: float, poll_s: float) -> Iterator[Non
 def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settings, ckpt: Path) -> dict[int, str]:
     wait_for_torch()
     from optim_engine import resolve_device, train_trials  # torch is imported here, in the worker only
+    from optim_engine._bundled import needs_sklearn
 
     specs, job_ids, statuses = _trainable(claims, attempts)
     if not specs:
         return statuses
+    if any(needs_sklearn(spec.dataset) for spec in specs):
+        wait_for_datasets()  # the warm-up may still be importing scikit-learn
     device: str | None = None
     failure: str | None = None
     try:

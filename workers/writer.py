@@ -162,9 +162,11 @@ Finish = tuple[JobStatus | None, dict[str, Any]]
 
 
 class Writer(threading.Thread):
-    """Writes epoch rows and final statuses of a task's jobs, at most one flush per ``flush_s``;
-    rows that arrive in between (fast epochs, a slow database) go in one transaction. Its first
-    flush, at once, records the device."""
+    """Writes epoch rows and final statuses of a task's jobs. Rows alone are flushed at most once
+    per ``flush_s``: rows that arrive in between (fast epochs, a slow database) go in one
+    transaction. A final status is flushed at once, with the rows waiting: a pack's trial that
+    ends early, or its last epoch, shows as final within milliseconds, not ``flush_s`` later.
+    Its first flush, at once, records the device."""
 
     def __init__(self, attempts: Attempts, flush_s: float, device: str | None) -> None:
         super().__init__(name="epoch-writer", daemon=True)
@@ -218,8 +220,8 @@ class Writer(threading.Thread):
                     return
             if not self._flush():
                 return
-            with self._wake:  # let rows gather; close() ends the wait at once
-                self._wake.wait_for(lambda: self._closed, timeout=self._flush_s)
+            with self._wake:  # let rows gather; a final status or close() ends the wait at once
+                self._wake.wait_for(lambda: self._closed or bool(self._finishes), timeout=self._flush_s)
 
     def _flush(self) -> bool:
         with self._wake:

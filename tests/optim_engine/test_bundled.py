@@ -41,3 +41,11 @@ def test_building_digits_imports_no_sklearn() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+def test_which_datasets_need_sklearn() -> None:
+    from optim_engine.spec import SklearnDataset, SyntheticRegressionDataset
+
+    assert not _bundled.needs_sklearn(SklearnDataset(name="digits"))
+    assert _bundled.needs_sklearn(SklearnDataset(name="diabetes"))
+    assert not _bundled.needs_sklearn(SyntheticRegressionDataset(name="synthetic_regression"))
