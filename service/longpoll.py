@@ -100,7 +100,7 @@ async def hold(
         return
     since = since.removeprefix("W/").strip('"')  # the ETag says the same as the token
     read = await run_in_threadpool(watch)
-    session_factory = request.app.state.session_factory
+    session_factory = request.app.state.read_session_factory
 
     def current() -> str:
         with session_factory() as session:

@@ -15,12 +15,14 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and write-locking transactions.
 
     SQLite transactions start with ``BEGIN IMMEDIATE``: the API and several worker processes
     write the same file, and a deferred transaction that upgrades from read to write can fail
-    with "database is locked" no matter the busy timeout. WAL keeps readers unblocked.
+    with "database is locked" no matter the busy timeout. WAL keeps readers unblocked, so a
+    ``read_only`` engine (for code that never writes: the long-poll's frequent checks) begins
+    plainly and never waits for the workers' writes.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -34,7 +36,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        # WAL persists in the file: set it only where it is not yet, since setting it waits for
+        # the other connections' writes (a fresh connection would stall behind a busy worker).
+        if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -42,7 +47,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
