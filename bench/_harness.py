@@ -72,3 +72,13 @@ def wait_ready(log: Path, timeout: float = 60) -> None:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def wait_workers_ready(log: Path, workers: int, timeout: float = 90) -> None:
+    """Wait until ``workers`` worker processes logging to ``log`` each said they are ready, as
+    ``optimlab up --workers N`` does with all its workers writing to its own output."""
+    deadline = time.monotonic() + timeout
+    while log.read_bytes().count(b" ready.") < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {workers} workers started; see {log}")
+        time.sleep(0.05)
