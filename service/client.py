@@ -372,21 +372,24 @@ class Client:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"{'sweep' if is_sweep else 'job'} {_id(target)} not finished after {timeout} s")
-                state = self._next_state(path, state, poll=poll, remaining=remaining)
+                # Without a bar only the end matters: one request held until then, not one per change.
+                until = "change" if progress else "done"
+                state = self._next_state(path, state, poll=poll, remaining=remaining, until=until)
         finally:
             bar.close()
 
     def _next_state(
-        self, path: str, state: Mapping[str, Any], *, poll: float, remaining: float | None
+        self, path: str, state: Mapping[str, Any], *, poll: float, remaining: float | None, until: str = "change"
     ) -> dict[str, Any]:
-        """The state after ``state``: long-polled with its token, or after ``poll`` seconds from a
-        server whose answers carry none (it would ignore ``wait_s`` and answer at once)."""
+        """The state after ``state``: long-polled with its token (``until="done"``: held until the
+        end; a server that does not know ``until`` still answers on the next change), or after
+        ``poll`` seconds from a server whose answers carry none (it would answer at once)."""
         token = state.get("state_token")
         if token is None:
             time.sleep(poll if remaining is None else min(poll, remaining))
             return dict(self._json("GET", path))
         wait_s = LONG_POLL_S if remaining is None else round(min(LONG_POLL_S, remaining), 3)
-        params = {"wait_s": wait_s, "since": token}
+        params = {"wait_s": wait_s, "since": token} | ({"until": until} if until != "change" else {})
         return dict(self._json("GET", path, params=params, timeout=self._timeout_beyond(wait_s)))
 
     def _timeout_beyond(self, wait_s: float) -> httpx.Timeout:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import Query, Request
@@ -22,8 +22,9 @@ from service.settings import Settings
 MAX_WAIT_S = 60.0
 """The schema's bound on ``wait_s``; a server may hold requests for less (``max_wait_s``)."""
 
-TokenReader = Callable[[Session], str]
-"""Reads the current state token of one watched object in the session it is given."""
+TokenReader = Callable[[Session], tuple[str, bool]]
+"""Reads one watched object's current state token, and whether it is finished, in the session it
+is given."""
 
 WaitSeconds = Annotated[
     float,
@@ -43,6 +44,16 @@ Since = Annotated[
         description=(
             "Long-poll: the `state_token` (or the `ETag`) of an earlier answer. A different current state "
             "is answered at once; the same one waits (see `wait_s`)."
+        ),
+    ),
+]
+
+Until = Annotated[
+    Literal["change", "done"],
+    Query(
+        description=(
+            "Long-poll: `change` answers once the state differs from `since`; `done` once the job or sweep is "
+            "finished (no `since` needed): one held request for a waiter that wants only the end."
         ),
     ),
 ]
@@ -90,25 +101,28 @@ async def hold(
     *,
     since: str | None,
     wait_s: float,
+    until: str = "change",
 ) -> None:
-    """Return once the watched state's token differs from ``since``, ``wait_s`` (capped at
-    ``settings.max_wait_s``) has passed, or the client has gone; at once without ``since`` or
-    with ``wait_s`` 0. ``watch`` runs first, in the threadpool, with the request's session: it
-    checks that the principal sees the object (raising its 404 error otherwise) and returns the
-    reader each check runs in a session of its own, so a waiting request holds no connection."""
-    if since is None or wait_s <= 0:
+    """Return once the watched state's token differs from ``since`` (``until="done"``: once the
+    object is finished), ``wait_s`` (capped at ``settings.max_wait_s``) has passed, or the client
+    has gone; at once with ``wait_s`` 0, or without ``since`` when waiting for a change.
+    ``watch`` runs first, in the threadpool, with the request's session: it checks that the
+    principal sees the object (raising its 404 error otherwise) and returns the reader each
+    check runs in a session of its own, so a waiting request holds no connection."""
+    if wait_s <= 0 or (since is None and until == "change"):
         return
-    since = since.removeprefix("W/").strip('"')  # the ETag says the same as the token
+    since = (since or "").removeprefix("W/").strip('"')  # the ETag says the same as the token
     read = await run_in_threadpool(watch)
     session_factory = request.app.state.read_session_factory
 
-    def current() -> str:
+    def waiting() -> bool:
         with session_factory() as session:
-            return read(session)
+            token, done = read(session)
+        return not done if until == "done" else token == since
 
     deadline = time.monotonic() + min(wait_s, settings.max_wait_s)
     interval = settings.longpoll_interval_s / 4  # a change about to land is seen sooner
-    while await run_in_threadpool(current) == since:
+    while await run_in_threadpool(waiting):
         remaining = deadline - time.monotonic()
         if remaining <= 0 or await request.is_disconnected():
             return

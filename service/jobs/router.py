@@ -89,15 +89,17 @@ async def get_job(
     settings: SettingsDep,
     wait_s: longpoll.WaitSeconds = 0,
     since: longpoll.Since = None,
+    until: longpoll.Until = "change",
 ) -> JobOut:
     """Status, spec, summary, error, attempt, worker, device and timings of one job.
 
     Long-poll: with `since` (an earlier answer's `state_token`) and `wait_s`, the answer waits
     until the job's status, epochs_done, attempt or cancel_requested differ from that answer's,
     or `wait_s` seconds pass; it comes at once if they already differ. Either way it is a 200
-    with the job as it is then, its `state_token` also in the `ETag` header."""
+    with the job as it is then, its `state_token` also in the `ETag` header. With `until=done`,
+    it waits until the job is finished instead (no `since` needed)."""
     watch = partial(job_service.watch, session, job_id, principal)
-    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s)
+    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s, until=until)
     job = await run_in_threadpool(job_service.get_job, session, job_id, principal)
     out = JobOut.of(job, utcnow())
     response.headers["ETag"] = longpoll.etag(out.state_token)

@@ -14,7 +14,7 @@ from service import broker
 from service.admission import check_spec
 from service.auth.principal import Principal
 from service.db import transitions
-from service.db.models import Job, JobStatus
+from service.db.models import TERMINAL, Job, JobStatus
 from service.dispatcher import Dispatcher
 from service.jobs import repository
 from service.jobs.schemas import JobCreate
@@ -83,8 +83,9 @@ def watch(session: Session, job_id: int, principal: Principal) -> TokenReader:
     request's session is committed and closed before the wait: it holds no pooled connection
     meanwhile, and the answer after the wait reads fresh rows, not objects loaded before it."""
 
-    def read(each: Session) -> str:
-        return job_token(*repository.watched_state(each, job_id, principal))
+    def read(each: Session) -> tuple[str, bool]:
+        state = repository.watched_state(each, job_id, principal)
+        return job_token(*state), state[0] in TERMINAL
 
     read(session)
     session.commit()

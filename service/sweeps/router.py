@@ -66,15 +66,17 @@ async def get_sweep(
     settings: SettingsDep,
     wait_s: longpoll.WaitSeconds = 0,
     since: longpoll.Since = None,
+    until: longpoll.Until = "change",
 ) -> SweepOut:
     """Counts per status and the best configuration so far.
 
     Long-poll: with `since` (an earlier answer's `state_token`) and `wait_s`, the answer waits
     until the counts per status differ from that answer's (a job started or finished), or
     `wait_s` seconds pass; it comes at once if they already differ. Either way it is a 200 with
-    the sweep as it is then, its `state_token` also in the `ETag` header."""
+    the sweep as it is then, its `state_token` also in the `ETag` header. With `until=done`, it
+    waits until no job is queued or running instead (no `since` needed)."""
     watch = partial(sweep_service.watch, session, sweep_id, principal)
-    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s)
+    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s, until=until)
     sweep = await run_in_threadpool(sweep_service.get_sweep, session, sweep_id, principal)
     response.headers["ETag"] = longpoll.etag(sweep.state_token)
     return sweep

@@ -170,7 +170,12 @@ def watch(session: Session, sweep_id: int, principal: Principal) -> TokenReader:
     repository.get_sweep(session, sweep_id, principal)
     session.commit()
     session.close()
-    return lambda each: sweep_token(repository.status_counts(each, [sweep_id])[sweep_id])
+
+    def read(each: Session) -> tuple[str, bool]:
+        counts = repository.status_counts(each, [sweep_id])[sweep_id]
+        return sweep_token(counts), counts["queued"] + counts["running"] == 0
+
+    return read
 
 
 def list_sweeps(

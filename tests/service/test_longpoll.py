@@ -116,6 +116,30 @@ def test_a_held_job_request_returns_when_another_thread_changes_the_job(
     print(f"job long-poll answered {1000 * (returned - marks['changed']):.0f} ms after the change began")
 
 
+def test_until_done_holds_through_changes_until_the_sweep_is_finished(
+    client: TestClient, sessions: sessionmaker[Session]
+) -> None:
+    sweep = create(client, "sweep")
+    first, *rest = sweep_job_ids(client, sweep["id"])
+
+    def finish_one_by_one() -> None:
+        advance(sessions, first, losses=[0.5], status=JobStatus.succeeded)
+        time.sleep(0.4)
+        for job_id in rest:
+            advance(sessions, job_id, losses=[0.5], status=JobStatus.succeeded)
+
+    marks: dict[str, float] = {}
+    thread = later(0.3, finish_one_by_one, marks)
+    response, elapsed = timed_get(client, f"/v1/sweeps/{sweep['id']}", wait_s=20, until="done")
+    thread.join()
+    body = response.json()
+    assert body["done"] is True, "the first job's end was a change, not the end: it kept waiting"
+    assert 0.6 < elapsed < 20
+    already = timed_get(client, f"/v1/sweeps/{sweep['id']}", wait_s=20, until="done")[1]
+    assert already < 5, "a finished sweep answers at once"
+    assert client.get(f"/v1/sweeps/{sweep['id']}", params={"until": "never"}).status_code == 422
+
+
 def test_a_held_sweep_request_returns_when_one_of_its_jobs_finishes(
     client: TestClient, sessions: sessionmaker[Session]
 ) -> None:
@@ -318,6 +342,7 @@ def test_client_wait_sends_the_last_token_and_a_timeout_beyond_wait_s() -> None:
         assert time.monotonic() - start < 2, "no sleeping between long-polls"
     assert [r.url.params.get("since") for r in seen] == [None, "t1", "t2"]
     assert [r.url.params.get("wait_s") for r in seen[1:]] == [str(LONG_POLL_S)] * 2
+    assert [r.url.params.get("until") for r in seen[1:]] == ["done"] * 2, "no bar: only the end matters"
     assert all(r.extensions["timeout"]["read"] > LONG_POLL_S for r in seen[1:])
 
 
