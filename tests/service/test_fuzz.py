@@ -104,7 +104,9 @@ def auth(request: pytest.FixtureRequest) -> str:
 def app_schema(tmp_path: Path, database_url: str, auth: str) -> OpenApiSchema:
     """The document the app serves, bound to that app; schemathesis runs its lifespan and ends it
     after each test."""
-    app = create_app(service_settings(tmp_path, database_url, **AUTH[auth]))
+    # Held long-polls (`?wait_s=60&until=done` on a job no worker runs) would only test patience:
+    # the hold itself is tests/service/test_longpoll.py's; here every request answers within 0.2 s.
+    app = create_app(service_settings(tmp_path, database_url, max_wait_s=0.2, **AUTH[auth]))
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=config(auth))
 
 
