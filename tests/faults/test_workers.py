@@ -66,8 +66,10 @@ def test_every_worker_sigkilled_mid_sweep_then_new_workers_finish_it(deployment:
     workers start. The running jobs resume from their checkpoints (one every epoch here)."""
     api = deployment.api
     grid = {"optimizer.lr": [0.01, 0.02]}
+    # Long enough (~2 s a job on warm workers) that both workers are seen mid-job with some done.
+    base = slow_spec(30, n_samples=32768)
     for execution, seeds in (("separate", [0, 1, 2, 3]), ("packed", [4, 5])):
-        post_sweep(api, {"base": slow_spec(12), "grid": grid, "seeds": seeds, "execution": execution})
+        post_sweep(api, {"base": base, "grid": grid, "seeds": seeds, "execution": execution})
 
     def mid_sweep() -> list[dict[str, Any]] | None:
         jobs = api.http.get("/v1/jobs", params={"limit": 100}).json()["items"]
