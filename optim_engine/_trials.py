@@ -91,8 +91,7 @@ def train_trials(
         One ``TrainResult`` per spec, in the order given.
 
     Raises:
-        ValueError: ``packed`` is False and there is not exactly one spec, ``keys`` does not name
-            each trial once, or the specs cannot be packed.
+        ValueError: ``packed`` False with not exactly one spec; bad ``keys``; specs that cannot pack.
     """
     control: dict[str, Any] = {
         "checkpoint_dir": checkpoint_dir,
