@@ -156,7 +156,7 @@ def _run(
     may_checkpoint: Callable[[], bool] | None,
 ) -> TrainResult:
     run = build_setup(spec)
-    torch.manual_seed(_seeding.dropout_seed(spec.seed))
+    _seeding.seed_device(run.device, _seeding.dropout_seed(spec.seed))
     spec_hash = spec.spec_hash()
     state, resumed_from = _resume(checkpoint_dir, spec_hash, run.model, run.optimizer, run.scheduler)
     environment = run_environment(spec, run.device, run.optimizer, run.bf16)

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+NARROW = 16  # a linear layer with fewer outputs is multiplied transposed (``PackLayout``)
+
 
 class PackLayout:
     """The model as a list of ops over views into a trial's flat parameter row.
@@ -17,12 +19,19 @@ class PackLayout:
     ``x @ w + b`` and gradients come out contiguous. The first layer's bias is folded into its
     weight as one more input row: the inputs carry a column of ones (``augment``), and one
     matmul gives the layer's output and, backwards, both its gradients.
+
+    A layer with a narrow output (fewer than ``NARROW`` features, such as a classifier's ten
+    logits) is multiplied the other way round, ``(w^T x^T)^T``: CPU batched matmuls whose result
+    has a short last dimension run 3-6x slower than the same product transposed (a 64x128 by
+    128x10 product per trial: 225 us against 73 us for 30 trials, its weight gradient 488 us
+    against 85 us). Its output is then a transposed view, which the loss wants anyway.
     """
 
     def __init__(self, template: nn.Module) -> None:
         modules = list(template) if isinstance(template, nn.Sequential) else [template]
         self.shapes: list[tuple[int, ...]] = []
         self.ops: list[tuple[str, Any]] = []
+        self.narrow: list[bool] = []  # per op: a linear layer multiplied transposed
         first = modules[0]
         self.augment = isinstance(first, nn.Linear) and first.bias is not None
         for module in modules:
@@ -38,8 +47,10 @@ class PackLayout:
                         bias = len(self.shapes)
                         self.shapes.append((1, n_out))
                 self.ops.append(("linear", (weight, bias)))
+                self.narrow.append(n_out < NARROW)
             else:
                 self.ops.append(("act", module))
+                self.narrow.append(False)
         self.sizes = [int(torch.Size(s).numel()) for s in self.shapes]
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
@@ -52,10 +63,9 @@ class PackLayout:
 
     def forward(self, weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """The trials' outputs for inputs ``x`` ([N, B, in]), without gradients."""
-        for kind, op in self.ops:
+        for position, (kind, op) in enumerate(self.ops):
             if kind == "linear":
-                w, b = op
-                x = torch.bmm(x, weights[w]) if b is None else torch.bmm(x, weights[w]).add_(weights[b])
+                x = self._linear(position, weights, x)
             else:
                 x = x.relu_() if isinstance(op, nn.ReLU) else op(x)
         return x
@@ -74,11 +84,10 @@ class PackLayout:
         to the output; autograd handles only activations other than ReLU.
         """
         saved: list[Any] = []
-        for kind, op in self.ops:
+        for position, (kind, op) in enumerate(self.ops):
             if kind == "linear":
                 saved.append(x)
-                w, b = op
-                x = torch.bmm(x, weights[w]) if b is None else torch.bmm(x, weights[w]).add_(weights[b])
+                x = self._linear(position, weights, x)
             elif isinstance(op, nn.ReLU):
                 x = x.relu_()
                 saved.append(x)
@@ -93,7 +102,10 @@ class PackLayout:
             (kind, op), inp = self.ops[position], saved[position]
             if kind == "linear":
                 w, b = op
-                torch.bmm(inp.transpose(1, 2), g, out=grads[w])
+                if self.narrow[position]:
+                    grads[w].copy_(torch.bmm(g.transpose(1, 2), inp).transpose(1, 2))
+                else:
+                    torch.bmm(inp.transpose(1, 2), g, out=grads[w])
                 if b is not None:
                     torch.sum(g, dim=1, keepdim=True, out=grads[b])
                 if position > 0:
@@ -104,6 +116,16 @@ class PackLayout:
             else:
                 (g,) = torch.autograd.grad(inp[1], inp[0], g)
         return losses
+
+    def _linear(self, position: int, weights: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Op ``position``, a linear layer, on ``x`` ([N, B, in]): [N, B, out], a transposed view
+        for a narrow layer."""
+        w, b = self.ops[position][1]
+        if self.narrow[position]:
+            y = torch.bmm(weights[w].transpose(1, 2), x.transpose(1, 2)).transpose(1, 2)
+        else:
+            y = torch.bmm(x, weights[w])
+        return y if b is None else y.add_(weights[b])
 
 
 class PackLoss:

@@ -378,7 +378,7 @@ class _Pack:
             total += self.loss.losses(output, yb.repeat((n_trials,) + (1,) * (yb.dim() - 1))) * batch
             if self.classification:
                 if yb.dtype == torch.long:
-                    correct += (output.transpose(1, 2).argmax(dim=1) == yb).sum(dim=1)
+                    correct += (output.contiguous().argmax(dim=2) == yb).sum(dim=1)
                 else:
                     correct += ((output > 0).to(yb.dtype) == yb).flatten(1).sum(dim=1)
         loss, accuracy = torch.stack([total / n, correct.to(total.dtype) / n]).tolist()

@@ -141,7 +141,7 @@ def train_range_test(
     with _threads(threads), torch.random.fork_rng(devices=[]):
         poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
         run = build_setup(spec)
-        torch.manual_seed(_seeding.dropout_seed(spec.seed))
+        _seeding.seed_device(run.device, _seeding.dropout_seed(spec.seed))
         environment = run_environment(spec, run.device, run.optimizer, run.bf16)
         curve = _curve(spec, spec.lr_range_test, run, poll)
     if curve is None:

@@ -177,7 +177,7 @@ class Settings(EngineSettings):
         ),
     )
     unacked_restore_interval_s: float = Field(default=10.0, gt=0, description="How often kombu sweeps unacked tasks.")
-    broker_polling_interval_s: float = Field(default=0.1, gt=0, description="Poll interval of the embedded broker.")
+    broker_polling_interval_s: float = Field(default=0.02, gt=0, description="Poll interval of the embedded broker.")
 
     @field_validator("api_keys", mode="before")
     @classmethod
