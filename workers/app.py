@@ -95,7 +95,9 @@ def warm_up(gpu: str | None = None) -> None:
     First stage (``wait_for_torch``): one tiny 1-epoch run of the plain loop on synthetic data,
     the way a job runs, with the settings' torch threads, leaving the global RNG as it found
     it; on a child pinned to a GPU (``gpu``), a second run initializes CUDA there. Second stage
-    (``wait_for_datasets``): each bundled scikit-learn dataset built once. A step that fails
+    (``wait_for_datasets``): this process's database connection opened and the job path's
+    statements compiled (``_warm_database``), then each bundled scikit-learn dataset built
+    once. A step that fails
     is logged and skipped, and costs nothing else: the first job pays for it, as before.
     """
     started = time.monotonic()
@@ -103,6 +105,7 @@ def warm_up(gpu: str | None = None) -> None:
         warm = [_attempt(partial(_warm_engine, device)) for device in ("cpu", gpu) if device is not None]
     finally:
         _engine_warm.set()
+    warm.append(_attempt(_warm_database))
     warm.append(_attempt(_warm_datasets))
     if all(warm):
         log.info("pool child %s warmed up in %.1f s", os.getpid(), time.monotonic() - started)
@@ -130,6 +133,30 @@ def _warm_engine(device: str) -> None:
         # A sweep's jobs train as packs: their loop's first run pays its own first-time costs.
         packed = [spec, {**spec, "optimizer": {"name": "sgd", "lr": 0.1, "params": {"momentum": 0.9}}}]
         train_trials(packed, packed=True, num_threads=threads)
+
+
+def _warm_database() -> None:
+    """Open this process's connection and run the job path's statements (claim, heartbeat,
+    ownership, finish, summary) over a job that does not exist, in a transaction rolled back:
+    SQLAlchemy configures its mappers and compiles each statement on first use (about 25 ms,
+    paid by a fresh worker's first job otherwise)."""
+    from service.db import epochs, transitions
+    from service.db.models import JobStatus
+    from workers.database import session_factory
+
+    settings = get_settings()
+    sessions = session_factory(settings.resolved_database_url(), os.getpid(), settings.stale_after_s / 2)
+    nobody = {-1: 0}
+    with sessions() as session:
+        transaction = session.begin()
+        try:
+            transitions.claim(session, list(nobody), worker="warm-up", stale_after_s=settings.stale_after_s)
+            transitions.heartbeat(session, nobody, worker="warm-up", device="cpu")
+            transitions.heartbeat(session, nobody, worker="warm-up")
+            transitions.finish(session, -1, 0, JobStatus.succeeded, environment={})
+            epochs.refresh_summary(session, list(nobody))
+        finally:
+            transaction.rollback()
 
 
 def _warm_datasets() -> None:

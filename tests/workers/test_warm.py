@@ -202,8 +202,8 @@ def status_of(sessions: sessionmaker[Session], job_id: int) -> tuple[str, int]:
 
 
 def test_a_final_status_is_written_at_once_while_rows_alone_wait(sessions: sessionmaker[Session]) -> None:
-    """With a 30 s flush interval, a row submitted after the first flush waits; the job's finish
-    is written (with that row) without waiting for the interval."""
+    """With a 30 s flush interval, rows wait (the start counts as a flush: a short job is
+    written once); the job's finish is written with them without waiting for the interval."""
     with sessions() as session, session.begin():
         job_id = insert_job(session, seed_spec({"name": "sgd"}))
         (claim,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
@@ -212,10 +212,9 @@ def test_a_final_status_is_written_at_once_while_rows_alone_wait(sessions: sessi
     rows.submit(job_id, epoch_row(1, 1.0))
     rows.start()
     try:
-        eventually(lambda: status_of(sessions, job_id) == ("running", 1), timeout=10)  # the first flush: at once
         rows.submit(job_id, epoch_row(2, 0.5))
         time.sleep(0.5)
-        assert status_of(sessions, job_id) == ("running", 1)  # rows alone gather
+        assert status_of(sessions, job_id) == ("running", 0)  # rows alone gather
         asked = time.monotonic()
         rows.finish(job_id, JobStatus.succeeded)
         eventually(lambda: status_of(sessions, job_id) == ("succeeded", 2), timeout=10)
@@ -224,7 +223,34 @@ def test_a_final_status_is_written_at_once_while_rows_alone_wait(sessions: sessi
     finally:
         rows.close()
     with sessions() as session:
-        assert session.get_one(Job, job_id).epochs_done == 2  # summarized in the finish's transaction
+        job = session.get_one(Job, job_id)
+        assert job.epochs_done == 2  # summarized in the finish's transaction
+        assert job.device == "cpu"  # recorded with that one write
+
+
+def test_rows_and_the_device_land_within_the_flush_interval(sessions: sessionmaker[Session]) -> None:
+    """A long job's device and first rows are written about ``flush_s`` after it starts, and a
+    row that comes after a long quiet spell (a slow epoch) is written at once."""
+    with sessions() as session, session.begin():
+        job_id = insert_job(session, seed_spec({"name": "sgd"}))
+        (claim,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
+    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="w:1")
+    rows = writer.Writer(attempts, flush_s=0.3, device="cpu")
+    rows.start()
+    try:
+        eventually(lambda: device_of(sessions, job_id) == "cpu", timeout=10)
+        time.sleep(0.5)  # longer than flush_s since the last write
+        rows.submit(job_id, epoch_row(1, 1.0))
+        submitted = time.monotonic()
+        eventually(lambda: status_of(sessions, job_id) == ("running", 1), timeout=10)
+        print(f"\na row after a quiet spell landed in {(time.monotonic() - submitted) * 1000:.0f} ms")
+    finally:
+        rows.close()
+
+
+def device_of(sessions: sessionmaker[Session], job_id: int) -> str | None:
+    with sessions() as session:
+        return session.scalar(select(Job.device).where(Job.id == job_id))
 
 
 def test_a_pack_s_early_ended_trial_is_final_while_the_pack_trains(
