@@ -8,6 +8,7 @@ scikit-learn's own loader.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import importlib.util
 from pathlib import Path
@@ -41,10 +42,20 @@ def data_dir() -> Path | None:
 
 
 def load(name: str) -> ArrayData | None:
-    """``name``'s arrays, or None when this reader does not know it or its file is not there."""
+    """``name``'s arrays, or None when this reader does not know it or its file is not there.
+
+    Read once per process and kept (read-only; the largest, digits, is 0.9 MB): parsing
+    digits' CSV took 5-6 ms, 8% of a 15-epoch MLP job on it, paid again by every job."""
     folder = data_dir()
-    if folder is None:
-        return None
+    arrays = _read(name, folder) if folder is not None else None
+    if arrays is not None:
+        arrays.x.flags.writeable = False
+        arrays.y.flags.writeable = False
+    return arrays
+
+
+@functools.cache
+def _read(name: str, folder: Path) -> ArrayData | None:
     try:
         if name == "digits":
             with gzip.open(folder / "digits.csv.gz", "rt") as text:

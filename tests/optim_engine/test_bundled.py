@@ -49,3 +49,13 @@ def test_which_datasets_need_sklearn() -> None:
     assert not _bundled.needs_sklearn(SklearnDataset(name="digits"))
     assert _bundled.needs_sklearn(SklearnDataset(name="diabetes"))
     assert not _bundled.needs_sklearn(SyntheticRegressionDataset(name="synthetic_regression"))
+
+
+def test_a_file_is_parsed_once_per_process_and_shared_read_only() -> None:
+    """Every job on digits used to parse its CSV again (5-6 ms of a 70 ms job)."""
+    first, again = _bundled.load("digits"), _bundled.load("digits")
+    assert first is not None
+    assert again is not None
+    assert again.x is first.x
+    with pytest.raises(ValueError, match="read-only"):
+        first.x[0, 0] = 1.0
