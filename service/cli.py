@@ -322,13 +322,15 @@ def submit(
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable).")] = None,
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job to finish, with a progress bar.")] = False,
+    cache: Annotated[bool, typer.Option(help="Reuse an identical earlier run of yours (--no-cache: train).")] = True,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
     """Queue one job. Prints its id (stdout); with --wait, exits 3 if it failed or was cancelled."""
     with _client(url, api_key) as client:
-        job = client.submit(_load(spec), tags=tag or [], name=name)
-        console.print(f"job {job['id']} {job['status']} on queue {job['queue']}")
+        job = client.submit(_load(spec), tags=tag or [], name=name, cache=cache)
+        served = f" from the result cache (job {job['cached_from']})" if job.get("cached_from") else ""
+        console.print(f"job {job['id']} {job['status']} on queue {job['queue']}{served}")
         if wait:
             job = client.wait(job)
             console.print(f"job {job['id']} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
@@ -339,7 +341,8 @@ def submit(
 @app.command()
 def sweep(
     file: Annotated[
-        Path, typer.Argument(help="A sweep: name, base, grid / random / seeds, lr_from, execution (YAML or JSON).")
+        Path,
+        typer.Argument(help="A sweep: name, base, grid / random / seeds, lr_from, execution, cache (YAML or JSON)."),
     ],
     wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
     metric: Annotated[str, typer.Option(help="Leaderboard metric with --wait.")] = "val_loss",
@@ -348,7 +351,10 @@ def sweep(
 ) -> None:
     """Create a sweep. Prints its id; with --wait, the leaderboard, and exits 3 if a job failed."""
     body = _load(file)
-    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from"}
+    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from", "cache"}
+    if not isinstance(body.get("cache", True), bool):
+        console.print(f"[red]{file}[/]: cache must be true or false")
+        raise typer.Exit(EXIT_USAGE)
     if unknown or "base" not in body:
         console.print(
             f"[red]{file}[/]: needs 'base'; unknown keys {sorted(unknown)}"
@@ -366,8 +372,10 @@ def sweep(
             tags=body.get("tags") or [],
             execution=body.get("execution", "auto"),
             lr_from=body.get("lr_from"),
+            cache=body.get("cache", True),
         )
-        console.print(f"sweep {created['id']}: {created['n_jobs']} jobs")
+        served = f", {created['cached']} from the result cache" if created.get("cached") else ""
+        console.print(f"sweep {created['id']}: {created['n_jobs']} jobs{served}")
         if not wait:
             out.print(created["id"])
             raise typer.Exit(EXIT_OK)
@@ -403,11 +411,13 @@ def jobs_ls(
             "best_loss": j["summary"]["best_loss"],
             "final_val_loss": j["summary"]["final_val_loss"],
             "sweep": j["sweep_id"],
+            "cached_from": j.get("cached_from"),
             "tags": ",".join(j["tags"]),
         }
         for j in jobs
     ]
-    _table(rows, ["id", "status", "optimizer", "lr", "epochs", "best_loss", "final_val_loss", "sweep", "tags"])
+    columns = ["id", "status", "optimizer", "lr", "epochs", "best_loss", "final_val_loss", "sweep"]
+    _table(rows, [*columns, "cached_from", "tags"])
 
 
 @jobs_app.command("show")

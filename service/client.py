@@ -146,9 +146,15 @@ class Client:
 
     # --- jobs --------------------------------------------------------------------------------
 
-    def submit(self, spec: Mapping[str, Any], *, tags: Iterable[str] = (), name: str | None = None) -> dict[str, Any]:
-        """Queue one job; returns it (``id``, ``status``, ...)."""
-        return dict(self._post("/v1/jobs", {"spec": dict(spec), "tags": list(tags), "name": name}))
+    def submit(
+        self, spec: Mapping[str, Any], *, tags: Iterable[str] = (), name: str | None = None, cache: bool = True
+    ) -> dict[str, Any]:
+        """Queue one job; returns it (``id``, ``status``, ...). An identical earlier run of yours
+        is reused (the job comes back ``succeeded`` with ``cached_from``) unless ``cache=False``."""
+        body: dict[str, Any] = {"spec": dict(spec), "tags": list(tags), "name": name}
+        if not cache:  # only when asked: a server without the result cache still takes the rest
+            body["cache"] = False
+        return dict(self._post("/v1/jobs", body))
 
     def job(self, job: int | Mapping[str, Any]) -> dict[str, Any]:
         return dict(self._json("GET", f"/v1/jobs/{_id(job)}"))
@@ -195,14 +201,16 @@ class Client:
         tags: Iterable[str] = (),
         execution: str = "auto",
         lr_from: int | Mapping[str, Any] | None = None,
+        cache: bool = True,
     ) -> dict[str, Any]:
         """Create a sweep: ``grid`` maps dotted spec paths to values; ``random`` is
         ``{"n": 20, "seed": 0, "params": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}}``;
         every configuration runs once per seed. ``execution``: auto (pack the jobs that can
         train together), packed, or separate. ``lr_from`` grids ``optimizer.lr`` around an LR
         range test's suggestion: ``{"job_id": 12, "suggestion": "valley", "points": 5,
-        "factor": 10.0}``, or just the job id for those defaults."""
-        body = {
+        "factor": 10.0}``, or just the job id for those defaults. Trials an identical earlier run
+        of yours answers are served from the result cache (``cached_from``) unless ``cache=False``."""
+        body: dict[str, Any] = {
             "name": name,
             "base": dict(base),
             "grid": grid,
@@ -213,6 +221,8 @@ class Client:
         }
         if lr_from is not None:  # only when asked: a server without range tests still takes the rest
             body["lr_from"] = {"job_id": lr_from} if isinstance(lr_from, int) else dict(lr_from)
+        if not cache:
+            body["cache"] = False
         return dict(self._post("/v1/sweeps", body))
 
     def get_sweep(self, sweep: int | Mapping[str, Any]) -> dict[str, Any]:

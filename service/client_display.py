@@ -48,6 +48,8 @@ def progress_of(state: Mapping[str, Any], is_sweep: bool) -> tuple[int, int, str
         finished = sum(counts[s] for s in TERMINAL)
         best = state.get("best")
         text = f"sweep {state['id']}"
+        if state.get("cached"):  # served from the result cache: done without training
+            text += f" · {state['cached']} cached"
         if best and best.get("mean") is not None:
             text += f" · best {best['mean']:.4g} ({label(flatten(best['config']))})"
         return finished, int(state["n_jobs"]), text

@@ -107,6 +107,14 @@ class Settings(EngineSettings):
             "amortize more per step; smaller ones spread a sweep over more workers."
         ),
     )
+    result_cache: bool = Field(
+        default=True,
+        description=(
+            "Serve a job from the result cache: an identical run (same spec and seed, torch version, device "
+            "kind and optimlab version) that succeeded for the same owner is copied, not trained again. "
+            "false: every job trains (a request's `cache: false` does the same for one job or sweep)."
+        ),
+    )
     curve_cache_bytes: int = Field(
         default=64 << 20,
         ge=0,

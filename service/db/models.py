@@ -124,6 +124,7 @@ class Job(_SummaryColumns, Base):
         Index("ix_jobs_pack_id", "pack_id"),
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),  # the outbox: queued and not yet sent
         Index("ix_jobs_owner_created", "owner", "created_at"),  # a user's own jobs, newest first
+        Index("ix_jobs_cache_key", "cache_key", "owner", "status"),  # the result cache's lookup
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
@@ -153,6 +154,10 @@ class Job(_SummaryColumns, Base):
     # What a run reports beyond its epochs (TrainResult.artifacts): an LR range test's curve and
     # suggestions, a 2-D test function's trajectory; NULL for plain training runs.
     result: Mapped[dict[str, Any] | None]
+    # The result cache (service/cache.py): a succeeded run's key (spec hash, torch, device kind,
+    # optimlab version), and for a job served from the cache instead of trained, the run it copies.
+    cache_key: Mapped[str | None] = mapped_column(String(64))
+    cached_from: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
 
     created_at: Mapped[dt.datetime]
     enqueued_at: Mapped[dt.datetime | None]

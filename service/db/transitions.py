@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from service import cache
 from service.db.epochs import refresh_summary
 from service.db.models import TERMINAL, Job, JobStatus
 from service.db.session import utcnow
@@ -148,7 +149,9 @@ def finish(
 ) -> bool:
     """running → a terminal status, with the summary derived from the job's stored rows in the
     same transaction (and the run's ``result``, its artifacts, when it has one); False when this
-    attempt no longer owns the job."""
+    attempt no longer owns the job. A succeeded job gets its result-cache key
+    (``service.cache.of_run``: its spec hash and the torch, device and optimlab its
+    ``environment`` reports), so a later identical job is served from it instead of trained."""
     _legal(R, status)
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "error": error}
@@ -161,12 +164,13 @@ def finish(
     if result is not None:
         values["result"] = dict(result)
     row = session.execute(
-        update(Job).where(_owned({job_id: attempt})).values(**values).returning(Job.started_at)
+        update(Job).where(_owned({job_id: attempt})).values(**values).returning(Job.started_at, Job.spec_hash)
     ).first()
     if row is None:
         return False
     wall = (now - row.started_at).total_seconds() if row.started_at is not None else None
-    session.execute(update(Job).where(Job.id == job_id).values(wall_seconds=wall))
+    key = cache.of_run(row.spec_hash, environment) if status == JobStatus.succeeded else None
+    session.execute(update(Job).where(Job.id == job_id).values(wall_seconds=wall, cache_key=key))
     refresh_summary(session, [job_id])
     return True
 

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 
 from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
 from service.auth.principal import Principal, visible_to
+from service.db import result_cache
 from service.db.epochs import EPOCHS
-from service.db.models import Job, JobStatus, JobTag
+from service.db.models import Job, JobTag
 from service.db.session import utcnow
 from service.errors import IdempotencyConflict, InvalidFields, InvalidRequest, JobNotFound, field_error
 from service.schemas import MAX_ID
@@ -36,9 +37,12 @@ def create_job(
     tags: Sequence[str] = (),
     name: str | None = None,
     idempotency_key: str | None = None,
+    cached_from: int | None = None,
+    cache_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued, not yet sent job (``enqueued_at`` NULL: the dispatcher sends it) and flush
-    it; returns ``(job, created)``.
+    it; returns ``(job, created)``. With ``cached_from`` (a result-cache hit, ``cache_key`` its
+    key) the job is inserted succeeded with a copy of that job's results instead, never sent.
 
     With an idempotency key ``owner`` already used for the same spec, the existing job is returned
     with ``created=False``; used for a different spec, it is an ``IdempotencyConflict``. Keys are
@@ -48,6 +52,7 @@ def create_job(
         existing = _by_idempotency_key(session, owner, idempotency_key, spec_hash)
         if existing is not None:
             return existing, False
+    now = utcnow()
     job = Job(
         owner=owner,
         name=name,
@@ -55,29 +60,43 @@ def create_job(
         spec_hash=spec_hash,
         optimizer=optimizer,
         queue=queue,
-        status=JobStatus.queued,
         attempt=0,
         cancel_requested=False,
         idempotency_key=idempotency_key,
-        created_at=utcnow(),
+        created_at=now,
         enqueued_at=None,
         epochs_done=0,
+        cached_from=cached_from,
+        cache_key=cache_key,
         tags=[JobTag(tag=tag) for tag in dict.fromkeys(tags)],
+        **result_cache.created_state(cached_from, now),
     )
-    if idempotency_key is None:
+    inserted = _insert(session, job)
+    if inserted is not job:
+        return inserted, False
+    if cached_from is not None:
+        result_cache.copy_results(session, [job.id])
+        session.refresh(job)  # the copied columns and summary, written by SQL
+    return job, True
+
+
+def _insert(session: Session, job: Job) -> Job:
+    """Add and flush ``job``; returns it, or the job of a concurrent POST with the same
+    idempotency key that won the race."""
+    if job.idempotency_key is None:
         session.add(job)
         session.flush()
-        return job, True
+        return job
     try:
         with session.begin_nested():  # a concurrent POST with the same key loses the race here
             session.add(job)
             session.flush()
     except IntegrityError:
-        existing = _by_idempotency_key(session, owner, idempotency_key, spec_hash)
+        existing = _by_idempotency_key(session, job.owner, job.idempotency_key, job.spec_hash)
         if existing is None:
             raise
-        return existing, False
-    return job, True
+        return existing
+    return job
 
 
 def _by_idempotency_key(session: Session, owner: str, key: str, spec_hash: str) -> Job | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, computed_field, create_model, model_validator
 
 from optim_engine.results import METRICS, SUMMARY_METRICS
 from optim_engine.spec import JobSpec
@@ -22,6 +22,13 @@ BEST_COLUMNS = tuple(f"best_{m.name}" for m in SUMMARY_METRICS)
 """Each summary metric's job columns: its last epoch's value, and its best over the epochs."""
 
 
+CACHE_DESCRIPTION = (
+    "Reuse an identical earlier run (same spec and seed, torch version, device kind and optimlab "
+    "version, succeeded, yours) instead of training: the job is created succeeded with its results "
+    "and cached_from naming it. false: train anyway."
+)
+
+
 class JobCreate(BaseModel):
     """A job to run: the spec, plus optional tags and a display name."""
 
@@ -35,6 +42,7 @@ class JobCreate(BaseModel):
     )
     tags: Annotated[list[Tag], Field(max_length=32)] = Field(default_factory=list)
     name: Annotated[Text, Field(max_length=200)] | None = None
+    cache: StrictBool = Field(default=True, description=CACHE_DESCRIPTION)
 
     @model_validator(mode="before")
     @classmethod
@@ -105,6 +113,9 @@ class JobOut(BaseModel):
     cancel_requested: bool
     spec: dict[str, Any]
     spec_hash: str
+    cached_from: int | None = Field(
+        description="Served from the result cache: the job whose run it copies (it never trained itself)."
+    )
     summary: JobSummary
     environment: dict[str, Any] | None
     created_at: dt.datetime

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from optim_engine.spec import variant_names
-from service import broker
+from service import broker, cache
 from service.admission import check_spec
 from service.auth.principal import Principal
-from service.db import transitions
+from service.db import result_cache, transitions
 from service.db.models import TERMINAL, Job, JobStatus
 from service.dispatcher import Dispatcher
 from service.jobs import repository
@@ -36,18 +36,27 @@ def create_job(
 ) -> tuple[Job, bool]:
     """Check the spec against this server (caps, host), then commit it as a queued job and wake
     the dispatcher, which sends it; returns ``(job, created)`` (not created: the idempotency
-    key's first request by the same owner made it)."""
+    key's first request by the same owner made it). A result-cache hit (``body.cache`` and
+    ``OPTIMLAB_RESULT_CACHE`` on, the same owner's identical run succeeded before) is committed
+    succeeded instead, a copy of that run, and never sent."""
     check_spec(body.spec, settings)
+    spec_hash = body.spec.spec_hash()
+    queue = broker.queue_for(body.spec.device, settings)
+    installed = cache.installed() if body.cache and settings.result_cache else None
+    key = installed.expected(spec_hash, body.spec.device, queue) if installed is not None else None
+    source = result_cache.find_sources(session, principal.owner, [key]).get(key) if key is not None else None
     job, created = repository.create_job(
         session,
         spec=stored_spec(body.spec),
-        spec_hash=body.spec.spec_hash(),
+        spec_hash=spec_hash,
         optimizer=variant_names(type(body.spec.optimizer))[0],
-        queue=broker.queue_for(body.spec.device, settings),
+        queue=queue,
         owner=principal.owner,
         tags=body.tags,
         name=body.name,
         idempotency_key=idempotency_key,
+        cached_from=source,
+        cache_key=key if source is not None else None,
     )
     session.commit()  # the row exists, unsent, before anything can send it
     dispatcher.wake()  # a retry too: whatever the first request left unsent goes now

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from optim_engine.results import METRIC_NAMES, SUMMARY_METRICS
 from service.auth.principal import Principal, visible_to
+from service.db import result_cache
 from service.db.models import Job, JobStatus, JobTag, Sweep
 from service.db.session import utcnow
 from service.errors import IdempotencyConflict, InvalidFields, InvalidRequest, SweepNotFound, field_error
@@ -46,13 +47,16 @@ class NewJob:
     config: dict[str, Any]
     config_hash: str
     pack_id: str | None = None
+    cached_from: int | None = None  # a result-cache hit: created succeeded, a copy of this job
+    cache_key: str | None = None
 
 
 def create_sweep(
     session: Session, sweep: NewSweep, jobs: Sequence[NewJob], *, idempotency_key: str | None = None
 ) -> tuple[Sweep, bool]:
-    """Insert the sweep and all its jobs (queued, not yet sent) in the session's transaction;
-    returns ``(sweep, created)``. Not created: the idempotency key names an existing sweep of the
+    """Insert the sweep and all its jobs (queued, not yet sent; those with ``cached_from``
+    succeeded, with copies of their source's results) in the session's transaction; returns
+    ``(sweep, created)``. Not created: the idempotency key names an existing sweep of the
     same owner with the same definition (a different one is an ``IdempotencyConflict``)."""
     existing = _by_idempotency_key(session, idempotency_key, sweep)
     if existing is not None:
@@ -75,11 +79,13 @@ def create_sweep(
     except IntegrityError:  # a concurrent POST with the same key won
         return create_sweep(session, sweep, jobs, idempotency_key=idempotency_key)
     fixed = {"sweep_id": row.id, "owner": sweep.owner, "name": sweep.name, "created_at": now, "enqueued_at": None}
-    fixed |= {"status": JobStatus.queued, "attempt": 0, "cancel_requested": False, "epochs_done": 0}
+    fixed |= {"attempt": 0, "cancel_requested": False, "epochs_done": 0}
     # One batched INSERT ... RETURNING, not a flush per job.
     ids = session.scalars(
-        insert(Job).returning(Job.id, sort_by_parameter_order=True), [fixed | asdict(job) for job in jobs]
+        insert(Job).returning(Job.id, sort_by_parameter_order=True),
+        [fixed | asdict(job) | result_cache.created_state(job.cached_from, now) for job in jobs],
     ).all()
+    result_cache.copy_results(session, [i for i, job in zip(ids, jobs, strict=True) if job.cached_from is not None])
     if sweep.tags:
         tags = dict.fromkeys(sweep.tags)
         session.execute(insert(JobTag), [{"job_id": job_id, "tag": tag} for job_id in ids for tag in tags])
@@ -143,6 +149,17 @@ def status_counts(session: Session, sweep_ids: Sequence[int]) -> dict[int, dict[
         sweep_id: {status.value: found.get((sweep_id, status.value), 0) for status in JobStatus}
         for sweep_id in sweep_ids
     }
+
+
+def cached_counts(session: Session, sweep_ids: Sequence[int]) -> dict[int, int]:
+    """How many jobs of each sweep the result cache served (they count as succeeded too)."""
+    rows = session.execute(
+        select(Job.sweep_id, func.count(Job.cached_from))
+        .where(Job.sweep_id.in_(list(sweep_ids)), Job.status == JobStatus.succeeded)
+        .group_by(Job.sweep_id)
+    )
+    found = {sweep_id: int(n) for sweep_id, n in rows}
+    return {sweep_id: found.get(sweep_id, 0) for sweep_id in sweep_ids}
 
 
 # --- the leaderboard ---------------------------------------------------------------------------

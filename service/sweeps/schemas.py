@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
     computed_field,
     field_validator,
@@ -169,6 +170,14 @@ class SweepCreate(BaseModel):
             "(a 422 says which cannot); separate: one task per job."
         ),
     )
+    cache: StrictBool = Field(
+        default=True,
+        description=(
+            "Serve each trial an identical earlier run of yours answers (same spec and seed, torch version, "
+            "device kind and optimlab version, succeeded) from the result cache: created succeeded with "
+            "cached_from, never trained or packed. false: train every trial."
+        ),
+    )
 
     @field_validator("grid", mode="before")
     @classmethod
@@ -199,7 +208,10 @@ class SweepCreate(BaseModel):
         return dict(
             encode(
                 self.model_dump(
-                    mode="json", by_alias=True, exclude_none=True, exclude={"name", "base", "tags", "execution"}
+                    mode="json",
+                    by_alias=True,
+                    exclude_none=True,
+                    exclude={"name", "base", "tags", "execution", "cache"},
                 )
             )
         )
@@ -238,6 +250,7 @@ class SweepOut(BaseModel):
     created_at: dt.datetime
     n_jobs: int
     counts: dict[str, int] = Field(description="Jobs per status.")
+    cached: int = Field(description="Jobs served from the result cache instead of trained (counted as succeeded).")
     done: bool = Field(description="No job is queued or running.")
     best: LeaderboardRow | None = Field(description="The leaderboard's top configuration (val_loss, else train_loss).")
     template: dict[str, Any]

@@ -13,10 +13,10 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from optim_engine.spec import variant_names
-from service import broker
+from service import broker, cache
 from service.admission import spec_problems
 from service.auth.principal import Principal
-from service.db import transitions
+from service.db import result_cache, transitions
 from service.db.models import Sweep
 from service.dispatcher import Dispatcher
 from service.errors import InvalidFields, field_error
@@ -43,10 +43,15 @@ def create_sweep(
 ) -> tuple[Sweep, bool]:
     """Check every job of the sweep (``plan``), then commit the sweep and all its jobs, queued, in
     one transaction and wake the dispatcher, which sends them; returns ``(sweep, created)`` (not
-    created: the idempotency key's first request by the same owner made it)."""
+    created: the idempotency key's first request by the same owner made it). Trials the result
+    cache answers (``cached``) are created succeeded, copies of their earlier runs; only the
+    others are packed and sent."""
     if body.lr_from is not None:
         body = with_suggested_lrs(session, body, principal)
     trials, packs = plan(body, settings)
+    keys, sources = cached(session, trials, body, principal, settings)
+    if sources:
+        packs = _packs_of_misses(trials, packs, [key in sources for key in keys], body.execution, settings)
     definition = repository.NewSweep(
         owner=principal.owner,
         name=body.name,
@@ -64,13 +69,42 @@ def create_sweep(
             config=dict(encode(trial.config)),
             config_hash=trial.config_hash,
             pack_id=pack_id,
+            cached_from=sources.get(key) if key is not None else None,
+            cache_key=key if key in sources else None,
         )
-        for trial, pack_id in zip(trials, packs, strict=True)
+        for trial, pack_id, key in zip(trials, packs, keys, strict=True)
     ]
     sweep, created = repository.create_sweep(session, definition, jobs, idempotency_key=idempotency_key)
     session.commit()
     dispatcher.wake()  # a retry too: whatever the first request left unsent goes now
     return sweep, created
+
+
+def cached(
+    session: Session, trials: Sequence[Trial], body: SweepCreate, principal: Principal, settings: Settings
+) -> tuple[list[str | None], dict[str, int]]:
+    """Each trial's result-cache key (None: no lookup: ``cache`` off for the sweep or the server,
+    or torch not installed here) and, by key, the earlier run of the same owner that answers it."""
+    installed = cache.installed() if body.cache and settings.result_cache else None
+    if installed is None:
+        return [None] * len(trials), {}
+    keys: list[str | None] = [
+        installed.expected(t.spec.spec_hash(), t.spec.device, broker.queue_for(t.spec.device, settings)) for t in trials
+    ]
+    return keys, result_cache.find_sources(session, principal.owner, keys)
+
+
+def _packs_of_misses(
+    trials: Sequence[Trial], packs: Sequence[str | None], hit: Sequence[bool], execution: str, settings: Settings
+) -> list[str | None]:
+    """The pack plan redone over the trials that train (a served trial is in no pack): packs
+    are filled with the misses only (under ``auto``, a miss left alone with its pack key runs alone)."""
+    misses = [i for i, served in enumerate(hit) if not served]
+    planned = plan_packs([trials[i] for i in misses], execution, settings.pack_max)
+    repacked: list[str | None] = [None] * len(packs)
+    for i, pack_id in zip(misses, planned, strict=True):
+        repacked[i] = pack_id
+    return repacked
 
 
 def with_suggested_lrs(session: Session, body: SweepCreate, principal: Principal) -> SweepCreate:
@@ -131,12 +165,19 @@ def _combination_errors(problems: Sequence[dict[str, Any]]) -> list[dict[str, An
 
 
 def describe(
-    session: Session, sweep: Sweep, counts: dict[str, int] | None = None, *, with_best: bool = True
+    session: Session,
+    sweep: Sweep,
+    counts: dict[str, int] | None = None,
+    *,
+    with_best: bool = True,
+    cached: int | None = None,
 ) -> SweepOut:
-    """The sweep with its jobs per status and (``with_best``) its best configuration so far:
-    the val_loss leaderboard's top row, else train_loss's."""
+    """The sweep with its jobs per status, how many the result cache served, and (``with_best``)
+    its best configuration so far: the val_loss leaderboard's top row, else train_loss's."""
     if counts is None:
         counts = repository.status_counts(session, [sweep.id])[sweep.id]
+    if cached is None:
+        cached = repository.cached_counts(session, [sweep.id])[sweep.id]
     best = None
     for metric in ("val_loss", "train_loss") if with_best else ():
         board = repository.leaderboard(session, sweep.id, repository.LeaderboardQuery(metric=metric))
@@ -150,6 +191,7 @@ def describe(
         created_at=sweep.created_at,
         n_jobs=sweep.n_jobs,
         counts=counts,
+        cached=cached,
         done=counts["queued"] + counts["running"] == 0,
         best=best,
         template=sweep.template,
@@ -189,8 +231,9 @@ def list_sweeps(
     sweeps = repository.list_sweeps(session, principal, owner=owner, limit=limit + 1, before_id=before)
     page = sweeps[:limit]
     counts = repository.status_counts(session, [sweep.id for sweep in page])
+    cached = repository.cached_counts(session, [sweep.id for sweep in page])
     return SweepPage(
-        items=[describe(session, sweep, counts[sweep.id], with_best=False) for sweep in page],
+        items=[describe(session, sweep, counts[sweep.id], with_best=False, cached=cached[sweep.id]) for sweep in page],
         next_cursor=str(page[-1].id) if len(sweeps) > limit else None,
     )
 
