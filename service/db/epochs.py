@@ -52,14 +52,17 @@ def _upsert(dialect: str) -> Any:
     )
 
 
-def refresh_summary(session: Session, job_ids: Sequence[int]) -> None:
-    """Set the summary columns of ``job_ids`` from their stored rows, in one UPDATE."""
+def refresh_summary(session: Session, job_ids: Sequence[int], **also: Any) -> None:
+    """Set the summary columns of ``job_ids`` from their stored rows (and the columns ``also``
+    names, to these values), in one UPDATE."""
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(**_summary_values()))
+        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(**_summary_values(), **also))
 
 
+@cache
 def _summary_values() -> dict[str, Any]:
-    """Correlated subqueries over ``epoch_metrics`` for each summary column of the row updated."""
+    """Correlated subqueries over ``epoch_metrics`` for each summary column of the row updated
+    (built once: expressions are immutable, and every job's final write runs them)."""
     rows = EPOCHS.c
     of_job = rows.job_id == Job.id
 

@@ -170,8 +170,7 @@ def finish(
         return False
     wall = (now - row.started_at).total_seconds() if row.started_at is not None else None
     key = cache.of_run(row.spec_hash, environment) if status == JobStatus.succeeded else None
-    session.execute(update(Job).where(Job.id == job_id).values(wall_seconds=wall, cache_key=key))
-    refresh_summary(session, [job_id])
+    refresh_summary(session, [job_id], wall_seconds=wall, cache_key=key)
     return True
 
 
