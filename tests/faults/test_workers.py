@@ -25,8 +25,11 @@ pytestmark = pytest.mark.slow
     [
         pytest.param({}, id="recovered-by-heartbeat-or-redelivery"),
         # Reaper off: only Redis's visibility timeout brings the task back; its claim succeeds
-        # because the dead attempt's heartbeat is stale by then.
-        pytest.param({"OPTIMLAB_REAPER_INTERVAL_S": "0", "OPTIMLAB_VISIBILITY_TIMEOUT_S": "8"}, id="redis-redelivery"),
+        # because the dead attempt's heartbeat is stale by then: the worker must die at least
+        # OPTIMLAB_STALE_AFTER_S (3 s) before the redelivery, 15 s after the first delivery (at
+        # 8 s, a loaded machine's slow first checkpoint put the kill too late: the redelivered
+        # task found a fresh heartbeat, was skipped, and nothing else requeues with the reaper off).
+        pytest.param({"OPTIMLAB_REAPER_INTERVAL_S": "0", "OPTIMLAB_VISIBILITY_TIMEOUT_S": "15"}, id="redis-redelivery"),
     ],
     indirect=True,
 )
