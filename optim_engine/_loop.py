@@ -86,6 +86,7 @@ def train(
     num_threads: int | None = None,
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
+    should_prune: Callable[[EpochMetrics], bool] | None = None,
 ) -> TrainResult:
     """Train one spec and report every epoch.
 
@@ -106,6 +107,9 @@ def train(
         stop_poll_s: how often ``should_stop`` is asked inside an epoch (0: every step).
         may_checkpoint: asked right before a checkpoint is put in place; False skips it (the
             caller no longer owns ``checkpoint_dir``; see ``_checkpoint.write``).
+        should_prune: asked with each finished epoch's metrics (after ``on_epoch``) but the
+            last, unless the epoch ended the run (diverged, early stopped); True ends it as
+            ``pruned`` with that epoch its last (a search's pruner, from the other trials' curves).
 
     Returns:
         A ``TrainResult``: outcome, per-epoch history (including epochs from before a resume),
@@ -117,7 +121,8 @@ def train(
     with _threads(threads), torch.random.fork_rng(devices=[]):
         directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
         poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
-        return _run(spec, on_epoch, poll, directory, CheckpointCadence(checkpoint_every_s), may_checkpoint)
+        cadence = CheckpointCadence(checkpoint_every_s)
+        return _run(spec, on_epoch, poll, directory, cadence, may_checkpoint, should_prune)
 
 
 @dataclass
@@ -154,6 +159,7 @@ def _run(
     checkpoint_dir: Path | None,
     cadence: CheckpointCadence,
     may_checkpoint: Callable[[], bool] | None,
+    should_prune: Callable[[EpochMetrics], bool] | None = None,
 ) -> TrainResult:
     run = build_setup(spec)
     _seeding.seed_device(run.device, _seeding.dropout_seed(spec.seed))
@@ -176,6 +182,9 @@ def _run(
         if on_epoch is not None:
             on_epoch(metrics)
         verdict = after_epoch(spec, state, metrics, run.scheduler, run.per_step)
+        if verdict is None and epoch < spec.epochs and should_prune is not None and should_prune(metrics):
+            outcome = "pruned"  # final: no checkpoint to resume from is needed
+            break
         # A diverged epoch is not checkpointed; an early-stopped one is, and then the run ends.
         if verdict != "diverged" and checkpoint_dir is not None and cadence.due():
             cadence.mark()

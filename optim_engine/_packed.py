@@ -71,6 +71,7 @@ def train_packed(
     num_threads: int | None = None,
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
+    should_prune: Callable[[int, EpochMetrics], bool] | None = None,
 ) -> list[TrainResult]:
     """Train ``specs`` as one pack; each trial's results match the same spec run alone by
     ``train`` within float32 drift.
@@ -93,6 +94,9 @@ def train_packed(
         num_threads: torch intra-op threads (default: ``OPTIMLAB_TORCH_THREADS``).
         stop_poll_s: how often ``should_stop`` is asked inside an epoch (0: every step).
         may_checkpoint: asked right before a checkpoint is put in place; False skips it.
+        should_prune: asked with (trial position, metrics) for each live trial's finished epoch
+            but the last, as ``train`` asks it; True ends that trial as ``pruned`` with the
+            epoch, and its rows leave the pack: the others' results do not change by a bit.
 
     Returns:
         One ``TrainResult`` per spec, in the order given.
@@ -107,7 +111,7 @@ def train_packed(
     threads = get_settings().torch_threads if num_threads is None else num_threads
     with _threads(threads), torch.random.fork_rng(devices=[]):
         pack = _Pack(parsed, names, Path(checkpoint_dir) if checkpoint_dir is not None else None)
-        pack.on_finish, pack.may_checkpoint = on_finish, may_checkpoint
+        pack.on_finish, pack.may_checkpoint, pack.should_prune = on_finish, may_checkpoint, should_prune
         pack.poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
         return pack.run(on_epoch, checkpoint_every_s)
 
@@ -134,6 +138,7 @@ class _Pack:
         self.on_finish: Callable[[int, TrainResult], None] | None = None
         self.poll: StopPoll[Collection[int]] | None = None
         self.may_checkpoint: Callable[[], bool] | None = None
+        self.should_prune: Callable[[int, EpochMetrics], bool] | None = None
         self.spec_hashes = {key: spec.spec_hash() for key, spec in zip(keys, specs, strict=True)}
 
         trials = [self._trial(i, key, spec) for i, (key, spec) in enumerate(zip(keys, specs, strict=True))]
@@ -208,12 +213,15 @@ class _Pack:
             if on_epoch is not None:
                 on_epoch(trial.index, m)
         stopped_early = []
+        prune = self.should_prune if epoch < self.epochs else None
         for trial, m in live:
             verdict = after_epoch(trial.spec, trial.state, m, trial.scheduler, trial.per_step)
             if verdict == "diverged":
                 self._end(trial, "diverged", epoch)
             elif verdict == "early_stopped":
                 stopped_early.append(trial)  # it ends after the checkpoint, as in ``train``
+            elif prune is not None and prune(trial.index, m):
+                self._end(trial, "pruned")
         if self.checkpoint_dir is not None and cadence.due():
             cadence.mark()
             self._save()

@@ -4,6 +4,7 @@ or a spec's own (an LR range test, a 2-D function)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +27,21 @@ def train(
     num_threads: int | None = None,
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
+    should_prune: Callable[[EpochMetrics], bool] | None = None,
 ) -> TrainResult:
     """Train one spec alone, with the loop that fits it: an LR range test's (``lr_range_test``),
     a 2-D function's (``point`` model), else the plain loop; the arguments are each loop's
     (``optim_engine._loop.train`` documents them). A range test reports no epochs and keeps no
-    checkpoint; every result may carry ``artifacts``."""
+    checkpoint; every result may carry ``artifacts``. Only the plain loop prunes
+    (``should_prune``): a range test has no epochs, a 2-D function's run is one."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
-    loop = _loop.train
+    loop: Callable[..., TrainResult]
     if spec.lr_range_test is not None:
         loop = train_range_test
     elif isinstance(spec.model, PointModel):
         loop = train_surface
+    else:
+        loop = partial(_loop.train, should_prune=should_prune)
     return loop(
         spec,
         on_epoch=on_epoch,
@@ -62,6 +67,7 @@ def train_trials(
     num_threads: int | None = None,
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
+    should_prune: Callable[[int, EpochMetrics], bool] | None = None,
 ) -> list[TrainResult]:
     """Train ``specs``, each as its own trial, with the loop that fits: the choice is made here only.
 
@@ -82,10 +88,9 @@ def train_trials(
             their last whole epoch (a partial one is neither reported nor checkpointed).
         checkpoint_dir: resume from the checkpoint there (``checkpoint.pt``, or ``pack.pt`` for a
             pack) and write one after epochs.
-        checkpoint_every_s: skip a checkpoint when the last one is younger than this.
-        num_threads: torch intra-op threads (default: ``OPTIMLAB_TORCH_THREADS``).
-        stop_poll_s: the most wall time between two ``should_stop`` polls (0: every step).
-        may_checkpoint: asked right before a checkpoint is put in place; False skips it.
+        checkpoint_every_s, num_threads, stop_poll_s, may_checkpoint: as ``train``'s.
+        should_prune: asked with (trial position, metrics) after each epoch but the last; True
+            ends that trial as ``pruned``.
 
     Returns:
         One ``TrainResult`` per spec, in the order given.
@@ -93,37 +98,31 @@ def train_trials(
     Raises:
         ValueError: ``packed`` False with not exactly one spec; bad ``keys``; specs that cannot pack.
     """
-    control: dict[str, Any] = {
-        "checkpoint_dir": checkpoint_dir,
-        "checkpoint_every_s": checkpoint_every_s,
-        "num_threads": num_threads,
-        "stop_poll_s": stop_poll_s,
-        "may_checkpoint": may_checkpoint,
-    }
+    hooks: dict[str, Any] = {"on_epoch": on_epoch, "on_finish": on_finish, "should_stop": should_stop}
+    hooks["should_prune"] = should_prune
+    control: dict[str, Any] = {"checkpoint_dir": checkpoint_dir, "checkpoint_every_s": checkpoint_every_s}
+    control |= {"num_threads": num_threads, "stop_poll_s": stop_poll_s, "may_checkpoint": may_checkpoint}
     if packed or (packed is None and len(specs) > 1):
-        return train_packed(
-            specs, keys=keys, on_epoch=on_epoch, on_finish=on_finish, should_stop=should_stop, **control
-        )
+        return train_packed(specs, keys=keys, **hooks, **control)
     if len(specs) != 1:
         raise ValueError(f"packed=False trains exactly one spec; got {len(specs)} (pass packed=True to pack them)")
     if keys is not None and len(keys) != 1:
         raise ValueError("keys: give one distinct key per spec")
-    return [_train_alone(specs[0], on_epoch, on_finish, should_stop, control)]
+    return [_train_alone(specs[0], hooks, control)]
 
 
-def _train_alone(
-    spec: JobSpec | dict[str, Any],
-    on_epoch: Callable[[int, EpochMetrics], None] | None,
-    on_finish: Callable[[int, TrainResult], None] | None,
-    should_stop: Callable[[], Collection[int]] | None,
-    control: dict[str, Any],
-) -> TrainResult:
-    """``train`` behind ``train_packed``'s callbacks, for the trial at position 0; ``control``
-    holds the keyword arguments both loops take alike."""
+def _train_alone(spec: JobSpec | dict[str, Any], hooks: dict[str, Any], control: dict[str, Any]) -> TrainResult:
+    """``train`` behind ``train_packed``'s callbacks (``hooks``: on_epoch, on_finish,
+    should_stop, should_prune), for the trial at position 0; ``control`` holds the keyword
+    arguments both loops take alike."""
+    on_epoch, on_finish, should_stop, should_prune = (
+        hooks[name] for name in ("on_epoch", "on_finish", "should_stop", "should_prune")
+    )
     result = train(
         spec,
         on_epoch=(lambda metrics: on_epoch(0, metrics)) if on_epoch is not None else None,
         should_stop=(lambda: 0 in should_stop()) if should_stop is not None else None,
+        should_prune=(lambda metrics: should_prune(0, metrics)) if should_prune is not None else None,
         **control,
     )
     if on_finish is not None:

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
-Outcome = Literal["completed", "early_stopped", "diverged", "cancelled"]
+Outcome = Literal["completed", "early_stopped", "diverged", "cancelled", "pruned"]
 
 
 def _metric(description: str, best: Literal["min", "max"] | None = None) -> Any:
