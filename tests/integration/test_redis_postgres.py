@@ -140,6 +140,7 @@ def _run_sweep(api: Api, execution: str) -> tuple[dict[str, Any], list[dict[str,
         "grid": {"optimizer.lr": [0.3, 0.1, 0.03, 0.01], "optimizer.params.momentum": [0.0, 0.5, 0.9, 0.95, 0.99]},
         "seeds": [0, 1, 2],
         "execution": execution,
+        "cache": False,  # the second sweep repeats the first: it must train, not copy it
     }
     response = api.http.post("/v1/sweeps", json=body)
     assert response.status_code == 201, response.text
