@@ -20,6 +20,7 @@ from rich.console import Console
 
 from service.cli_analysis import analysis_app
 from service.cli_keys import keys_app, serving_settings
+from service.cli_sweep import sweep
 from service.settings import get_settings
 
 app = typer.Typer(help="optimlab: optimizer experiments as a service.", no_args_is_help=True, add_completion=False)
@@ -338,51 +339,7 @@ def submit(
     raise typer.Exit(_finished_ok([job["status"]]) if wait else EXIT_OK)
 
 
-@app.command()
-def sweep(
-    file: Annotated[
-        Path,
-        typer.Argument(help="A sweep: name, base, grid / random / seeds, lr_from, execution, cache (YAML or JSON)."),
-    ],
-    wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
-    metric: Annotated[str, typer.Option(help="Leaderboard metric with --wait.")] = "val_loss",
-    url: UrlOption = None,
-    api_key: KeyOption = None,
-) -> None:
-    """Create a sweep. Prints its id; with --wait, the leaderboard, and exits 3 if a job failed."""
-    body = _load(file)
-    unknown = set(body) - {"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from", "cache"}
-    if not isinstance(body.get("cache", True), bool):
-        console.print(f"[red]{file}[/]: cache must be true or false")
-        raise typer.Exit(EXIT_USAGE)
-    if unknown or "base" not in body:
-        console.print(
-            f"[red]{file}[/]: needs 'base'; unknown keys {sorted(unknown)}"
-            if unknown
-            else f"[red]{file}[/]: needs 'base'"
-        )
-        raise typer.Exit(EXIT_USAGE)
-    with _client(url, api_key) as client:
-        created = client.sweep(
-            body["base"],
-            grid=body.get("grid"),
-            random=body.get("random"),
-            seeds=body.get("seeds"),
-            name=body.get("name"),
-            tags=body.get("tags") or [],
-            execution=body.get("execution", "auto"),
-            lr_from=body.get("lr_from"),
-            cache=body.get("cache", True),
-        )
-        served = f", {created['cached']} from the result cache" if created.get("cached") else ""
-        console.print(f"sweep {created['id']}: {created['n_jobs']} jobs{served}")
-        if not wait:
-            out.print(created["id"])
-            raise typer.Exit(EXIT_OK)
-        done = client.wait(created)
-        _print_leaderboard(client, created["id"], metric, None, "best")
-        counts = done["counts"]
-        raise typer.Exit(_finished_ok([s for s, n in counts.items() if n]))
+app.command()(sweep)  # service/cli_sweep.py: grid, random and adaptive sweeps
 
 
 @jobs_app.command("ls")

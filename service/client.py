@@ -26,8 +26,10 @@ import httpx
 from service import plots  # matplotlib only when a plot is drawn (the ``plot`` extra)
 from service.client_display import TERMINAL, Progress, flatten, label, progress_of
 from service.client_frames import budget_frame, divergence_frame, matrix_frame, pairs_frame
+from service.client_search import study_of
 
 if TYPE_CHECKING:
+    import optuna
     import pandas as pd
     from matplotlib.figure import Figure
 
@@ -202,6 +204,13 @@ class Client:
         execution: str = "auto",
         lr_from: int | Mapping[str, Any] | None = None,
         cache: bool = True,
+        strategy: str | None = None,
+        space: Mapping[str, Any] | None = None,
+        budget: int | None = None,
+        parallelism: int | None = None,
+        objective: Mapping[str, Any] | None = None,
+        sampler_seed: int | None = None,
+        pruner: str | Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a sweep: ``grid`` maps dotted spec paths to values; ``random`` is
         ``{"n": 20, "seed": 0, "params": {"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}}``;
@@ -209,7 +218,13 @@ class Client:
         train together), packed, or separate. ``lr_from`` grids ``optimizer.lr`` around an LR
         range test's suggestion: ``{"job_id": 12, "suggestion": "valley", "points": 5,
         "factor": 10.0}``, or just the job id for those defaults. Trials an identical earlier run
-        of yours answers are served from the result cache (``cached_from``) unless ``cache=False``."""
+        of yours answers are served from the result cache (``cached_from``) unless ``cache=False``.
+
+        An adaptive search: ``strategy`` (tpe, cmaes, gp, qmc or random), a ``space`` such as
+        ``{"optimizer.lr": {"log_uniform": [1e-4, 1e-1]}}``, a ``budget`` of trials (each runs once
+        per seed), ``parallelism`` trials at a time, and an ``objective`` (``{"metric": "val_loss",
+        "which": "final", "direction": "minimize"}``, the default); ``pruner`` ("asha", "median",
+        "hyperband", "wilcoxon", ... or ``{"name": ..., **optuna_params}``) stops losing trials early; see ``study``."""
         body: dict[str, Any] = {
             "name": name,
             "base": dict(base),
@@ -223,10 +238,21 @@ class Client:
             body["lr_from"] = {"job_id": lr_from} if isinstance(lr_from, int) else dict(lr_from)
         if not cache:
             body["cache"] = False
+        search = dict(strategy=strategy, space=space, budget=budget, parallelism=parallelism, objective=objective)
+        body |= {k: v for k, v in (search | {"sampler_seed": sampler_seed, "pruner": pruner}).items() if v is not None}
         return dict(self._post("/v1/sweeps", body))
 
     def get_sweep(self, sweep: int | Mapping[str, Any]) -> dict[str, Any]:
         return dict(self._json("GET", f"/v1/sweeps/{_id(sweep)}"))
+
+    def trials(self, sweep: Ref) -> dict[str, Any]:
+        """An adaptive sweep's trials (params, state, value, intermediate, job_ids), space, objective."""
+        return dict(self._json("GET", f"/v1/sweeps/{_id(sweep)}/trials"))
+
+    def study(self, sweep: Ref) -> optuna.Study:
+        """An adaptive sweep's trials as a detached ``optuna.Study``, for ``best_params``,
+        ``trials_dataframe()``, ``optuna.importance`` (``optuna.visualization`` needs plotly)."""
+        return study_of(self.trials(sweep))
 
     def cancel_sweep(self, sweep: int | Mapping[str, Any]) -> dict[str, Any]:
         return dict(self._json("POST", f"/v1/sweeps/{_id(sweep)}/cancel"))

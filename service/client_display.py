@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled"})
+TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled", "pruned"})
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -45,7 +45,7 @@ def progress_of(state: Mapping[str, Any], is_sweep: bool) -> tuple[int, int, str
     """(done, total, text) of a job (epochs) or a sweep (finished jobs, and its best so far)."""
     if is_sweep:
         counts = state["counts"]
-        finished = sum(counts[s] for s in TERMINAL)
+        finished = sum(counts.get(s, 0) for s in TERMINAL)
         best = state.get("best")
         text = f"sweep {state['id']}"
         if state.get("cached"):  # served from the result cache: done without training

@@ -4,6 +4,7 @@ Each pass (a few times a second, and at once when a request commits new jobs) it
 - makes running jobs whose worker stopped heartbeating queued and unsent again (they resume
   from their checkpoint), queued jobs whose messages a restarted broker lost (Redis without
   persistence), and, when enabled, queued jobs whose message the embedded broker dropped;
+- creates the next trials of adaptive sweeps with a free slot (``service.search.controller``);
 - sends every unsent job (a pack's jobs as one task) and marks it sent in the same transaction.
 A crash between send and commit sends a job twice at worst, and a duplicate delivery is a no-op
 (the worker's claim). Runs in every API process; replicas share the work safely (see
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service import broker
 from service.db import outbox, transitions
+from service.search.controller import Controller
 from service.settings import Settings
 
 log = logging.getLogger("optimlab.dispatcher")
@@ -41,6 +43,7 @@ class Dispatcher:
         self._database_down = False
         self._outage_ended: float | None = None
         self._last_recovery = 0.0
+        self.controller = Controller(sessions, settings)
 
     def start(self) -> None:
         """Start the thread, unless this process does not dispatch (``dispatch_interval_s`` 0)."""
@@ -70,7 +73,8 @@ class Dispatcher:
                 log.warning("dispatcher pass failed: %s", exc)
 
     def run_once(self) -> list[int]:
-        """One pass: recover (at most every ``reaper_interval_s``), then send; returns the ids sent."""
+        """One pass: recover (at most every ``reaper_interval_s``), create adaptive sweeps' next
+        trials, then send; returns the ids sent."""
         interval = self._settings.reaper_interval_s
         if interval > 0 and time.monotonic() - self._last_recovery >= interval:
             self._last_recovery = time.monotonic()
@@ -78,6 +82,10 @@ class Dispatcher:
                 self.recover()
             except Exception as exc:  # recovery waits for the next pass; sending must not
                 log.warning("recovery pass failed: %s", exc)
+        try:
+            self.controller.run_once()
+        except Exception as exc:  # the search waits for the next pass; sending must not
+            log.warning("search pass failed: %s", exc)
         return self.send()
 
     def recover(self) -> int:

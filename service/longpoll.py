@@ -83,11 +83,14 @@ def job_token(status: str, epochs_done: int, attempt: int, cancel_requested: boo
     return state_token("job", str(status), epochs_done, attempt, cancel_requested)
 
 
-def sweep_token(counts: Mapping[str, int]) -> str:
-    """What a sweep's waiter watches: its jobs per status (``done`` follows from them). Its ``best``
-    is not hashed: it is computed from succeeded jobs, whose summary is written in the transaction
-    that makes them succeeded, so it only moves when the counts do."""
-    return state_token("sweep", *(f"{status}={counts[status]}" for status in sorted(counts)))
+def sweep_token(counts: Mapping[str, int], trials: int | None = None) -> str:
+    """What a sweep's waiter watches: its jobs per status and, for an adaptive sweep, its trials
+    created (a pass whose trials are all invalid or served from the cache moves no count; ``done``
+    follows from them and the budget). Its ``best`` is not hashed: it is computed from succeeded
+    jobs, whose summary is written in the transaction that makes them succeeded, so it only moves
+    when the counts do."""
+    parts = [f"{status}={counts[status]}" for status in sorted(counts)]
+    return state_token("sweep", *parts, *([] if trials is None else [f"trials={trials}"]))
 
 
 def etag(token: str) -> str:

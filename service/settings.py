@@ -168,6 +168,15 @@ class Settings(EngineSettings):
             "0: this process does not dispatch (another replica does); nothing is sent from it."
         ),
     )
+    search_lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        description=(
+            "How long an API process's sweep controller keeps the lease on an adaptive sweep after each pass "
+            "that creates its trials; another replica takes the search over once it lapses (its own process "
+            "died). The primary key of sweep_trials, not the lease, keeps a trial from being created twice."
+        ),
+    )
     database_retry_s: float = Field(
         default=30.0,
         gt=0,
@@ -185,6 +194,14 @@ class Settings(EngineSettings):
         ),
     )
     unacked_restore_interval_s: float = Field(default=10.0, gt=0, description="How often kombu sweeps unacked tasks.")
+    prune_refresh_s: float = Field(
+        default=1.0,
+        gt=0,
+        description=(
+            "How stale a worker's view of the other trials of a pruned adaptive sweep may be: it reads their "
+            "curves again at most this often (its own trials' epochs it knows at once)."
+        ),
+    )
     broker_polling_interval_s: float = Field(default=0.02, gt=0, description="Poll interval of the embedded broker.")
 
     @field_validator("api_keys", mode="before")

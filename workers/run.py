@@ -29,6 +29,7 @@ from service.spec_codec import load_spec
 from workers import shutdown
 from workers.app import GPUS_ENV, wait_for_datasets, wait_for_torch
 from workers.database import DatabaseLost, with_db
+from workers.pruning import Pruning, pruning_for
 from workers.writer import OUTCOME_STATUS, RELEASED, Attempts, Writer, finish_details
 
 log = logging.getLogger("optimlab.worker")
@@ -134,6 +135,12 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
         failure = f"{type(exc).__name__}: {exc}"
     writer = Writer(attempts, settings.metrics_flush_s, device)
     writer.start()
+    pruning = _pruning(claims, job_ids, specs, attempts, settings, writer) if failure is None else None
+
+    def on_epoch(i: int, metrics: Any) -> None:
+        writer.submit(job_ids[i], metrics.as_dict())
+        if pruning is not None:
+            pruning.on_epoch(i, metrics)
 
     def on_finish(i: int, result: Any) -> None:
         job_id = job_ids[i]
@@ -149,8 +156,9 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
             specs,
             keys=[str(job_id) for job_id in job_ids],
             packed=claims[0].pack_id is not None,
-            on_epoch=lambda i, metrics: writer.submit(job_ids[i], metrics.as_dict()),
+            on_epoch=on_epoch,
             on_finish=on_finish,
+            should_prune=pruning.should_prune if pruning is not None else None,
             should_stop=partial(attempts.stopping, job_ids),
             checkpoint_dir=ckpt,
             checkpoint_every_s=settings.checkpoint_every_s,
@@ -165,6 +173,37 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
     if attempts.database_error is not None:
         raise attempts.database_error
     return statuses | writer.statuses
+
+
+def _pruning(
+    claims: list[transitions.Claim],
+    job_ids: list[int],
+    specs: list[Any],
+    attempts: Attempts,
+    settings: Settings,
+    writer: Writer,
+) -> Pruning | None:
+    """The pruning hook when the task's jobs are trials of one adaptive sweep with a pruner."""
+    by_id = {c.job_id: c for c in claims}
+    trials = [by_id[j].trial_number for j in job_ids]
+    sweeps = {by_id[j].sweep_id for j in job_ids}
+    if not job_ids or len(sweeps) != 1 or None in sweeps or any(t is None for t in trials):
+        return None
+    (sweep_id,) = sweeps
+    assert sweep_id is not None
+    try:
+        return pruning_for(
+            attempts.sessions,
+            sweep_id,
+            [t for t in trials if t is not None],
+            job_ids,
+            specs,
+            refresh_s=settings.prune_refresh_s,
+            set_attrs=writer.set_attrs,
+        )
+    except DatabaseLost as exc:
+        log.warning("jobs %s: training without pruning (%s)", job_ids, exc)
+        return None
 
 
 def _trainable(claims: list[transitions.Claim], attempts: Attempts) -> tuple[list[Any], list[int], dict[int, str]]:

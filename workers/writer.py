@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import epochs, transitions
-from service.db.models import JobStatus
+from service.db.models import Job, JobStatus
 from workers import shutdown
 from workers.database import DatabaseLost, with_db
 
@@ -32,6 +33,7 @@ OUTCOME_STATUS = {
     "early_stopped": JobStatus.succeeded,
     "diverged": JobStatus.diverged,
     "cancelled": JobStatus.cancelled,
+    "pruned": JobStatus.pruned,
 }
 
 FRESH_FLAG_S = 2.5
@@ -177,6 +179,7 @@ class Writer(threading.Thread):
         self._device = device
         self._rows: dict[int, list[dict[str, Any]]] = {}
         self._finishes: dict[int, Finish] = {}
+        self._attrs: dict[int, dict[str, Any]] = {}
         self._closed = False
         self._wake = threading.Condition()
         self.statuses: dict[int, str] = {}
@@ -185,6 +188,12 @@ class Writer(threading.Thread):
         with self._wake:
             self._rows.setdefault(job_id, []).append(row)
             self._wake.notify()
+
+    def set_attrs(self, job_id: int, attrs: dict[str, Any]) -> None:
+        """Queue a job's pruner attrs (``workers.pruning``): written with the next flush, whose
+        rows they were decided from."""
+        with self._wake:
+            self._attrs[job_id] = attrs
 
     def finish(self, job_id: int, status: JobStatus, **details: Any) -> None:
         """Queue a job's final write (status, then ``transitions.finish``'s keyword arguments)."""
@@ -212,7 +221,7 @@ class Writer(threading.Thread):
             self._wake.notify()
         self.join()
         with self._wake:
-            pending = bool(self._rows or self._finishes or self._device)
+            pending = bool(self._rows or self._finishes or self._device or self._attrs)
         if pending and self._attempts.database_error is None:
             self._flush()
 
@@ -236,7 +245,8 @@ class Writer(threading.Thread):
         with self._wake:
             rows, self._rows = self._rows, {}
             finishes, self._finishes = self._finishes, {}
-        write = partial(self._write, rows=rows, finishes=finishes, device=self._device)
+            attrs, self._attrs = self._attrs, {}
+        write = partial(self._write, rows=rows, finishes=finishes, device=self._device, attrs=attrs)
         try:
             ownerships, finished = with_db(self._attempts.sessions, write, self._attempts.budget_s)
         except DatabaseLost as exc:
@@ -244,6 +254,7 @@ class Writer(threading.Thread):
                 for job_id, batch in rows.items():
                     self._rows[job_id] = batch + self._rows.get(job_id, [])
                 self._finishes = finishes | self._finishes
+                self._attrs = attrs | self._attrs
             self._attempts.database_error = exc
             return False
         self._device = None
@@ -260,6 +271,7 @@ class Writer(threading.Thread):
         rows: dict[int, list[dict[str, Any]]],
         finishes: dict[int, Finish],
         device: str | None,
+        attrs: dict[int, dict[str, Any]] | None = None,
     ) -> tuple[dict[int, transitions.Ownership], dict[int, str]]:
         """Heartbeat, rows, summaries and final statuses in the caller's transaction; returns what
         it learned and which jobs it finished, applied by the caller once the transaction
@@ -269,6 +281,8 @@ class Writer(threading.Thread):
         owned = [job_id for job_id, o in ownerships.items() if o.owned]
         before_resume = {j: finishes[j][1].get("before_resume", []) for j in owned if j in finishes}
         epochs.record(session, {j: before_resume.get(j, []) + rows.get(j, []) for j in owned})
+        for job_id in (j for j in owned if attrs and j in attrs):
+            session.execute(update(Job).where(Job.id == job_id).values(prune_attrs=attrs[job_id]))  # type: ignore[index]
         finished: dict[int, str] = {}
         for job_id in (j for j in owned if j in finishes):
             status, details = finishes[job_id]

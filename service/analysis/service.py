@@ -33,6 +33,7 @@ _REASONS = {
     JobStatus.diverged: "diverged",
     JobStatus.failed: "failed",
     JobStatus.cancelled: "cancelled",
+    JobStatus.pruned: "pruned",
     JobStatus.queued: "not finished",
     JobStatus.running: "not finished",
 }

@@ -1,4 +1,5 @@
-"""SQLAlchemy models: sweeps, jobs (with summary columns for sorting), one row per epoch, and API keys."""
+"""SQLAlchemy models: sweeps (and an adaptive sweep's trials), jobs (with summary columns for sorting), one
+row per epoch, and API keys."""
 
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ class JobStatus(StrEnum):
     failed = "failed"
     diverged = "diverged"
     cancelled = "cancelled"
+    pruned = "pruned"  # an adaptive sweep's pruner stopped it after an epoch; its rows stay
 
 
-TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.diverged, JobStatus.cancelled})
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.diverged, JobStatus.cancelled, JobStatus.pruned})
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -94,6 +96,41 @@ class Sweep(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))  # unique per owner
     # How its jobs run: auto (packed where they can be), packed, or separate.
     execution: Mapped[str] = mapped_column(String(16), default="separate", server_default="separate")
+    # The strategy the request named (null: grid or random, by its search). An adaptive search
+    # (service/search/controller.py) has a space: its trials are created as results come in, up to
+    # ``budget``, ``parallelism`` at a time, told the ``objective`` and sampled from ``sampler_seed``;
+    # they get the sweep's ``tags`` and the result cache unless ``cache`` is false. ``controller``
+    # holds the lease to create them until ``lease_until``; a cancel sets ``search_stopped_at``.
+    strategy: Mapped[str | None] = mapped_column(String(16))
+    space: Mapped[dict[str, Any] | None]
+    budget: Mapped[int | None] = mapped_column(Integer)
+    parallelism: Mapped[int | None] = mapped_column(Integer)
+    objective: Mapped[dict[str, Any] | None]
+    sampler_seed: Mapped[int | None] = mapped_column(Integer)
+    tags: Mapped[list[str] | None] = mapped_column(JSONType)
+    cache: Mapped[bool | None] = mapped_column(Boolean)
+    controller: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[dt.datetime | None]
+    search_stopped_at: Mapped[dt.datetime | None]
+    # The pruner (service.search.pruners.PrunerConfig as JSON) the workers ask after each epoch.
+    pruner: Mapped[dict[str, Any] | None]
+
+
+class SweepTrial(Base):
+    """One trial of an adaptive sweep: a configuration its controller asked Optuna for, trained once
+    per seed by the jobs that carry its number. ``system_attrs`` is what the sampler wrote with it
+    (``service.search.study.ask``). ``error`` says why a trial has no jobs: its configuration is not
+    a valid spec. The primary key is the guard against a trial created twice: of two controllers
+    that insert trial N, one transaction fails, and with it every job it would have created."""
+
+    __tablename__ = "sweep_trials"
+
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    params: Mapped[dict[str, Any]]
+    system_attrs: Mapped[dict[str, Any]]
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime]
 
 
 SUMMARY_COLUMNS: tuple[str, ...] = tuple(
@@ -125,6 +162,7 @@ class Job(_SummaryColumns, Base):
         Index("ix_jobs_status_enqueued", "status", "enqueued_at"),  # the outbox: queued and not yet sent
         Index("ix_jobs_owner_created", "owner", "created_at"),  # a user's own jobs, newest first
         Index("ix_jobs_cache_key", "cache_key", "owner", "status"),  # the result cache's lookup
+        Index("ix_jobs_sweep_trial", "sweep_id", "trial_number"),  # an adaptive sweep's trials
         UniqueConstraint("owner", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
     )
 
@@ -138,6 +176,11 @@ class Job(_SummaryColumns, Base):
     # its seed, so jobs that differ only in seed group together in the leaderboard.
     config: Mapped[dict[str, Any] | None]
     config_hash: Mapped[str | None] = mapped_column(String(64))
+    # An adaptive sweep's trial (sweep_trials.number) this job trains one seed of.
+    trial_number: Mapped[int | None] = mapped_column(Integer)
+    # What the sweep's pruner wrote when asked about this job's trial (successive halving's rung
+    # values): read back by the next decision in any worker (workers/pruning.py).
+    prune_attrs: Mapped[dict[str, Any] | None]
     name: Mapped[str | None] = mapped_column(String(200))
     spec: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64))

@@ -37,12 +37,15 @@ def _legal(source: JobStatus, target: JobStatus) -> None:
 
 @dataclass(frozen=True)
 class Claim:
-    """A job this attempt now runs: its attempt number, spec and pack."""
+    """A job this attempt now runs: its attempt number, spec and pack, and, for a trial of an
+    adaptive sweep, the sweep and trial number (pruning decides per trial)."""
 
     job_id: int
     attempt: int
     spec: dict[str, Any]
     pack_id: str | None
+    sweep_id: int | None = None
+    trial_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,9 +82,9 @@ def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
         )
-        .returning(Job.id, Job.attempt, Job.spec, Job.pack_id)
+        .returning(Job.id, Job.attempt, Job.spec, Job.pack_id, Job.sweep_id, Job.trial_number)
     ).all()
-    by_id = {row.id: Claim(row.id, row.attempt, row.spec, row.pack_id) for row in rows}
+    by_id = {row.id: Claim(row.id, row.attempt, row.spec, row.pack_id, row.sweep_id, row.trial_number) for row in rows}
     return [by_id[job_id] for job_id in job_ids if job_id in by_id]
 
 

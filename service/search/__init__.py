@@ -1,6 +1,7 @@
 """Adaptive search for sweeps, driven through Optuna's ask/tell with our database as the record:
-the search space (``space``) and the in-memory study rebuilt from stored trials (``study``).
-No database code here; the sweep controller reads and writes the records."""
+the search space (``space``) and the in-memory study rebuilt from stored trials (``study``), both
+free of database code, and the sweep controller that reads and writes the records
+(``controller``, imported by the dispatcher and the sweeps service, not re-exported here)."""
 
 from service.search.space import (
     STRATEGIES,

@@ -15,6 +15,7 @@ rather than Optuna's "auto", which waits for a first complete trial to guess it.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -105,7 +106,9 @@ def make_pruner(config: PrunerConfig, max_resource: int) -> BasePruner:
         return SuccessiveHalvingPruner(**({"min_resource": 1} | params))
     if config.name == "hyperband":
         return HyperbandPruner(**({"max_resource": max_resource} | params))
-    return WilcoxonPruner(**params)
+    with warnings.catch_warnings():  # experimental in Optuna 5 (since 3.6), its interface is what we use
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return WilcoxonPruner(**params)
 
 
 PruneState = Literal["running", "complete", "pruned", "failed"]

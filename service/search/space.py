@@ -16,7 +16,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, model_validator
 
-from service.sweeps.schemas import ONLY_PATHS, Distribution, Path
+from service.sweeps.distributions import ONLY_PATHS, Distribution, Path
 
 KINDS = ("choice", "uniform", "log_uniform", "int")
 """The JSON names of ``Distribution``'s four kinds: a parameter gives exactly one."""

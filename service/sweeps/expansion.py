@@ -84,22 +84,35 @@ def expand(sweep: SweepCreate, max_problems: int = 10) -> list[Trial]:
     problems: list[dict[str, Any]] = []
     seeds: list[int | None] = list(sweep.seeds) if sweep.seeds else [None]
     for config in configurations(sweep):
-        for seed in seeds:
-            combination = config | ({"seed": seed} if seed is not None else {})
-            try:
-                spec_dict = apply(sweep.base, config)
-                if seed is not None:
-                    spec_dict["seed"] = seed
-                # "Infinity" and 3.0 for an integer in a grid, as in a job's spec
-                spec = JobSpec.model_validate(json_integers(decode(spec_dict)))
-            except (ValidationError, ValueError, TypeError) as exc:
-                if len(problems) < max_problems:
-                    problems.append(problem(encode(combination), _errors(exc)))
-                continue
-            trials.append(Trial(config, spec.seed, spec, config_hash(spec)))
+        made, failed = expand_configuration(sweep.base, config, seeds)
+        trials += made
+        problems += failed[: max(max_problems - len(problems), 0)]
     if problems:
         raise SweepInvalid(problems)
     return trials
+
+
+def expand_configuration(
+    base: Mapping[str, Any], config: Mapping[str, Any], seeds: Sequence[int | None]
+) -> tuple[list[Trial], list[dict[str, Any]]]:
+    """One configuration's jobs, one per seed (None: the base's own), each a validated spec; and
+    a ``problem`` for each seed whose spec is invalid. An adaptive sweep's trials are built here
+    too, one configuration at a time."""
+    trials: list[Trial] = []
+    problems: list[dict[str, Any]] = []
+    for seed in seeds:
+        combination = dict(config) | ({"seed": seed} if seed is not None else {})
+        try:
+            spec_dict = apply(base, config)
+            if seed is not None:
+                spec_dict["seed"] = seed
+            # "Infinity" and 3.0 for an integer in a grid, as in a job's spec
+            spec = JobSpec.model_validate(json_integers(decode(spec_dict)))
+        except (ValidationError, ValueError, TypeError) as exc:
+            problems.append(problem(encode(combination), _errors(exc)))
+            continue
+        trials.append(Trial(dict(config), spec.seed, spec, config_hash(spec)))
+    return trials, problems
 
 
 def apply(base: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:

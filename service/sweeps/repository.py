@@ -4,10 +4,11 @@ curves read through the driver's cursor."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +27,9 @@ from service.schemas import MAX_ID
 
 @dataclass(frozen=True)
 class NewSweep:
-    """A sweep to insert: its owner (its jobs get the same) and its definition, as stored."""
+    """A sweep to insert: its owner (its jobs get the same) and its definition, as stored; an
+    adaptive one with the search its controller runs (``adaptive``: the columns of
+    ``Sweep.strategy`` to ``Sweep.sampler_seed``)."""
 
     owner: str
     name: str | None
@@ -34,6 +37,9 @@ class NewSweep:
     search: dict[str, Any]
     execution: str
     tags: Sequence[str] = ()
+    cache: bool = True
+    strategy: str | None = None
+    adaptive: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class NewJob:
     pack_id: str | None = None
     cached_from: int | None = None  # a result-cache hit: created succeeded, a copy of this job
     cache_key: str | None = None
+    trial_number: int | None = None  # an adaptive sweep's trial
 
 
 def create_sweep(
@@ -71,6 +78,10 @@ def create_sweep(
         n_jobs=len(jobs),
         idempotency_key=idempotency_key,
         execution=sweep.execution,
+        tags=list(sweep.tags),
+        cache=sweep.cache,
+        strategy=sweep.strategy,
+        **sweep.adaptive,
     )
     try:
         with session.begin_nested():
@@ -78,7 +89,18 @@ def create_sweep(
             session.flush()
     except IntegrityError:  # a concurrent POST with the same key won
         return create_sweep(session, sweep, jobs, idempotency_key=idempotency_key)
-    fixed = {"sweep_id": row.id, "owner": sweep.owner, "name": sweep.name, "created_at": now, "enqueued_at": None}
+    insert_jobs(session, row, jobs, now)
+    return row, True
+
+
+def insert_jobs(session: Session, sweep: Sweep, jobs: Sequence[NewJob], now: dt.datetime | None = None) -> list[int]:
+    """Insert jobs of ``sweep`` (queued, not yet sent; those with ``cached_from`` succeeded, with
+    copies of their source's results), with the sweep's owner, name and tags; returns their ids.
+    The caller counts them into ``sweep.n_jobs``."""
+    if not jobs:
+        return []
+    now = now or utcnow()
+    fixed = {"sweep_id": sweep.id, "owner": sweep.owner, "name": sweep.name, "created_at": now, "enqueued_at": None}
     fixed |= {"attempt": 0, "cancel_requested": False, "epochs_done": 0}
     # One batched INSERT ... RETURNING, not a flush per job.
     ids = session.scalars(
@@ -89,7 +111,7 @@ def create_sweep(
     if sweep.tags:
         tags = dict.fromkeys(sweep.tags)
         session.execute(insert(JobTag), [{"job_id": job_id, "tag": tag} for job_id in ids for tag in tags])
-    return row, True
+    return list(ids)
 
 
 def _by_idempotency_key(session: Session, key: str | None, sweep: NewSweep) -> Sweep | None:
@@ -202,6 +224,7 @@ def leaderboard(session: Session, sweep_id: int, query: LeaderboardQuery) -> lis
             func.max(value).label("max"),
             func.sum(case((status == JobStatus.diverged, 1), else_=0)).label("diverged"),
             func.sum(case((status == JobStatus.failed, 1), else_=0)).label("failed"),
+            func.sum(case((status == JobStatus.pruned, 1), else_=0)).label("pruned"),
             func.sum(case((status.in_([JobStatus.queued, JobStatus.running]), 1), else_=0)).label("pending"),
             func.avg(case((status == JobStatus.succeeded, Job.wall_seconds))).label("mean_wall_seconds"),
         )
@@ -238,6 +261,7 @@ def _statistics(row: Any, config: dict[str, Any]) -> dict[str, Any]:
         "max": row.max,
         "diverged": int(row.diverged or 0),
         "failed": int(row.failed or 0),
+        "pruned": int(row.pruned or 0),
         "pending": int(row.pending or 0),
         "mean_wall_seconds": float(row.mean_wall_seconds) if row.mean_wall_seconds is not None else None,
     }

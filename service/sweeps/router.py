@@ -14,7 +14,7 @@ from service.deps import DispatcherDep, IdempotencyKey, PrincipalDep, SessionDep
 from service.responses import validated_response
 from service.schemas import Id, Text, error_responses, replayed
 from service.sweeps import service as sweep_service
-from service.sweeps.schemas import Leaderboard, MetricColumns, SweepCreate, SweepOut, SweepPage
+from service.sweeps.schemas import Leaderboard, MetricColumns, SweepCreate, SweepOut, SweepPage, SweepTrials
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 
@@ -33,7 +33,12 @@ def create_sweep(
 ) -> SweepOut:
     """Expand a base spec and a search (grid, random, seeds) into jobs. Every expansion is
     validated first: one invalid combination rejects the sweep (422, naming it) and nothing
-    is created. The jobs are created queued in one transaction and sent after it commits."""
+    is created. The jobs are created queued in one transaction and sent after it commits.
+
+    An adaptive search (`strategy` tpe, cmaes, gp, qmc, or random with a `space`) is created with
+    its first `parallelism` trials (each a configuration x `seeds`); its controller creates the
+    rest as results come in, up to `budget` trials. A configuration that is no valid spec is a
+    failed trial without jobs; when every first trial is one, the sweep is a 422 instead."""
     sweep, created = sweep_service.create_sweep(
         session, body, principal=principal, settings=settings, dispatcher=dispatcher, idempotency_key=idempotency_key
     )
@@ -87,6 +92,15 @@ def cancel_sweep(sweep_id: Id, session: SessionDep, principal: PrincipalDep) -> 
     """Queued jobs never run; running ones stop at their next epoch boundary; finished ones stay.
     Cancelling again answers the sweep as it is."""
     return sweep_service.cancel_sweep(session, sweep_id, principal)
+
+
+@router.get("/{sweep_id}/trials", responses=error_responses(404))
+def trials(sweep_id: Id, session: SessionDep, principal: PrincipalDep) -> SweepTrials:
+    """Every trial of an adaptive sweep, by number: its params, state, value (the objective's mean
+    over its seeds), intermediate values (per epoch) and job ids, with the sweep's space and
+    objective; what the controller tells Optuna, and what `client.study()` rebuilds. A grid or
+    random sweep has none."""
+    return sweep_service.trials(session, sweep_id, principal)
 
 
 @router.get("/{sweep_id}/leaderboard", responses=error_responses(404))

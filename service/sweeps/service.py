@@ -5,29 +5,42 @@ creates and sees only its own sweeps unless it is an admin."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from optim_engine.spec import variant_names
-from service import broker, cache
 from service.admission import spec_problems
 from service.auth.principal import Principal
-from service.db import result_cache, transitions
+from service.db import transitions
+from service.db import trials as stored_trials
 from service.db.models import Sweep
 from service.dispatcher import Dispatcher
 from service.errors import InvalidFields, field_error
 from service.longpoll import TokenReader, sweep_token
 from service.responses import etag_matches
+from service.search import controller
+from service.search.study import TrialRecord
 from service.settings import Settings
 from service.spec_codec import encode, load_spec, stored_spec
 from service.sweeps import curves, repository
 from service.sweeps.curves import Curves
 from service.sweeps.expansion import SweepInvalid, Trial, count, expand, plan_packs, problem
-from service.sweeps.schemas import Leaderboard, LeaderboardRow, SweepCreate, SweepOut, SweepPage
+from service.sweeps.new_jobs import new_jobs
+from service.sweeps.schemas import (
+    Leaderboard,
+    LeaderboardRow,
+    SweepCreate,
+    SweepOut,
+    SweepPage,
+    SweepTrials,
+    TrialOut,
+    dump_space,
+)
 
 LEADERBOARD_METRICS = tuple(repository.BETTER)
 
@@ -44,67 +57,77 @@ def create_sweep(
     """Check every job of the sweep (``plan``), then commit the sweep and all its jobs, queued, in
     one transaction and wake the dispatcher, which sends them; returns ``(sweep, created)`` (not
     created: the idempotency key's first request by the same owner made it). Trials the result
-    cache answers (``cached``) are created succeeded, copies of their earlier runs; only the
-    others are packed and sent."""
-    if body.lr_from is not None:
-        body = with_suggested_lrs(session, body, principal)
-    trials, packs = plan(body, settings)
-    keys, sources = cached(session, trials, body, principal, settings)
-    if sources:
-        packs = _packs_of_misses(trials, packs, [key in sources for key in keys], body.execution, settings)
-    definition = repository.NewSweep(
+    cache answers are created succeeded, copies of their earlier runs; only the others are packed
+    and sent. An adaptive sweep is created with its first pass's trials (``create_search``)."""
+    if problems := body.search_problems():
+        raise InvalidFields([field_error(("body", name), msg, kind) for name, msg, kind in problems])
+    if body.adaptive:
+        sweep, created = create_search(session, body, principal, settings, idempotency_key)
+    else:
+        if body.lr_from is not None:
+            body = with_suggested_lrs(session, body, principal)
+        trials, packs = plan(body, settings)
+        jobs = new_jobs(
+            session,
+            trials,
+            packs,
+            owner=principal.owner,
+            execution=body.execution,
+            use_cache=body.cache,
+            settings=settings,
+        )
+        sweep, created = repository.create_sweep(
+            session, _definition(body, principal), jobs, idempotency_key=idempotency_key
+        )
+    session.commit()
+    dispatcher.wake()  # a retry too: whatever the first request left unsent goes now
+    return sweep, created
+
+
+def create_search(
+    session: Session, body: SweepCreate, principal: Principal, settings: Settings, idempotency_key: str | None
+) -> tuple[Sweep, bool]:
+    """An adaptive sweep and, in the same transaction, its first pass (``controller.first_pass``):
+    the response shows its first trials queued. Its budget times its seeds is capped like a
+    grid sweep's jobs; a first pass whose every trial is invalid is a 422 naming them."""
+    assert body.budget is not None
+    jobs = body.budget * len(body.seeds or [0])
+    if jobs > settings.max_sweep_jobs:
+        msg = f"{body.budget} trials x {len(body.seeds or [0])} seeds is {jobs} jobs; this server's cap is {settings.max_sweep_jobs}"
+        raise InvalidFields([field_error(("body", "budget"), msg, "resource_cap")])
+    sweep, created = repository.create_sweep(session, _definition(body, principal), [], idempotency_key=idempotency_key)
+    if created:
+        try:
+            controller.first_pass(session, sweep, settings)
+        except SweepInvalid as exc:
+            raise InvalidFields(_combination_errors(exc.problems)) from exc
+    return sweep, created
+
+
+def _definition(body: SweepCreate, principal: Principal) -> repository.NewSweep:
+    """The sweep's row as stored: an adaptive one with the search its controller runs."""
+    adaptive: dict[str, Any] = {}
+    if body.adaptive:
+        assert body.space is not None
+        adaptive = {
+            "space": dump_space(body.space),
+            "budget": body.budget,
+            "parallelism": body.parallelism,
+            "objective": body.objective.resolved(),
+            "sampler_seed": body.sampler_seed,
+            "pruner": body.pruner.model_dump(exclude_none=True) if body.pruner is not None else None,
+        }
+    return repository.NewSweep(
         owner=principal.owner,
         name=body.name,
         template=dict(encode(body.base)),
         search=body.search_definition(),
         execution=body.execution,
         tags=body.tags,
+        cache=body.cache,
+        strategy=body.strategy,
+        adaptive=adaptive,
     )
-    jobs = [
-        repository.NewJob(
-            spec=stored_spec(trial.spec),
-            spec_hash=trial.spec.spec_hash(),
-            optimizer=variant_names(type(trial.spec.optimizer))[0],
-            queue=broker.queue_for(trial.spec.device, settings),
-            config=dict(encode(trial.config)),
-            config_hash=trial.config_hash,
-            pack_id=pack_id,
-            cached_from=sources.get(key) if key is not None else None,
-            cache_key=key if key in sources else None,
-        )
-        for trial, pack_id, key in zip(trials, packs, keys, strict=True)
-    ]
-    sweep, created = repository.create_sweep(session, definition, jobs, idempotency_key=idempotency_key)
-    session.commit()
-    dispatcher.wake()  # a retry too: whatever the first request left unsent goes now
-    return sweep, created
-
-
-def cached(
-    session: Session, trials: Sequence[Trial], body: SweepCreate, principal: Principal, settings: Settings
-) -> tuple[list[str | None], dict[str, int]]:
-    """Each trial's result-cache key (None: no lookup: ``cache`` off for the sweep or the server,
-    or torch not installed here) and, by key, the earlier run of the same owner that answers it."""
-    installed = cache.installed() if body.cache and settings.result_cache else None
-    if installed is None:
-        return [None] * len(trials), {}
-    keys: list[str | None] = [
-        installed.expected(t.spec.spec_hash(), t.spec.device, broker.queue_for(t.spec.device, settings)) for t in trials
-    ]
-    return keys, result_cache.find_sources(session, principal.owner, keys)
-
-
-def _packs_of_misses(
-    trials: Sequence[Trial], packs: Sequence[str | None], hit: Sequence[bool], execution: str, settings: Settings
-) -> list[str | None]:
-    """The pack plan redone over the trials that train (a served trial is in no pack): packs
-    are filled with the misses only (under ``auto``, a miss left alone with its pack key runs alone)."""
-    misses = [i for i, served in enumerate(hit) if not served]
-    planned = plan_packs([trials[i] for i in misses], execution, settings.pack_max)
-    repacked: list[str | None] = [None] * len(packs)
-    for i, pack_id in zip(misses, planned, strict=True):
-        repacked[i] = pack_id
-    return repacked
 
 
 def with_suggested_lrs(session: Session, body: SweepCreate, principal: Principal) -> SweepCreate:
@@ -171,9 +194,19 @@ def describe(
     *,
     with_best: bool = True,
     cached: int | None = None,
+    trials: int | None = None,
 ) -> SweepOut:
     """The sweep with its jobs per status, how many the result cache served, and (``with_best``)
-    its best configuration so far: the val_loss leaderboard's top row, else train_loss's."""
+    its best configuration so far: the val_loss leaderboard's top row, else train_loss's; an
+    adaptive one with its trials created (``trials``, counted here when not given) and its best
+    trial."""
+    best_trial = None
+    if sweep.budget is not None and with_best:
+        # The trials before the counts (see ``sweep_done``), and the row's n_jobs after them.
+        trials, best_trial = _search_state(session, sweep)
+        session.refresh(sweep, ["n_jobs"])
+    elif sweep.budget is not None and trials is None:
+        trials = stored_trials.trial_counts(session, [sweep.id])[sweep.id]
     if counts is None:
         counts = repository.status_counts(session, [sweep.id])[sweep.id]
     if cached is None:
@@ -192,11 +225,58 @@ def describe(
         n_jobs=sweep.n_jobs,
         counts=counts,
         cached=cached,
-        done=counts["queued"] + counts["running"] == 0,
+        done=sweep_done(counts, sweep.budget, trials, sweep.search_stopped_at is not None),
         best=best,
         template=sweep.template,
         search=sweep.search,
         execution=sweep.execution,
+        strategy=describe_strategy(sweep),
+        budget=sweep.budget,
+        trials=trials if sweep.budget is not None else None,
+        parallelism=sweep.parallelism,
+        objective=sweep.objective,
+        search_stopped_at=sweep.search_stopped_at,
+        best_trial=best_trial,
+    )
+
+
+def sweep_done(counts: dict[str, int], budget: int | None, trials: int | None, stopped: bool) -> bool:
+    """No job is queued or running and, for an adaptive sweep, no trial is left to create: all
+    of its budget was, or a cancel stopped its search. Between two passes of its controller an
+    adaptive sweep has no job in flight and is not done.
+
+    Read ``trials`` before ``counts``: a pass commits its trials with their jobs, so counts read
+    after a trial count include that count's jobs. The other order (counts, then a pass commits,
+    then trials) would see the last trials and none of their queued jobs: done too early (on
+    PostgreSQL, where each statement sees what committed before it)."""
+    idle = counts["queued"] + counts["running"] == 0
+    return idle and (budget is None or stopped or (trials or 0) >= budget)
+
+
+def _search_state(session: Session, sweep: Sweep) -> tuple[int, TrialOut | None]:
+    """An adaptive sweep's trials created and its best trial: the complete one with the best
+    finite value (the first of equals), with its curve (read for it alone), or None."""
+    search = controller.Search.of(sweep)
+    known = controller.records(session, search, curves=False)
+    scored = [r for r in known if r.state == "complete" and r.value is not None and math.isfinite(r.value)]
+    if not scored:
+        return len(known), None
+    sign = -1.0 if search.direction == "maximize" else 1.0
+    best = min(scored, key=lambda r: (sign * (r.value or 0.0), r.number))
+    curve = stored_trials.intermediate(session, sweep.id, search.objective["metric"], number=best.number)
+    return len(known), trial_out(dataclasses.replace(best, intermediate=dict(curve.get(best.number, {}))))
+
+
+def trial_out(record: TrialRecord) -> TrialOut:
+    """A trial as the API shows it: its value JSON-safe (a diverged mean is "Infinity")."""
+    return TrialOut(
+        number=record.number,
+        params=record.params,
+        state=record.state,  # type: ignore[arg-type]  # never pruned: no pruner yet
+        value=encode(record.value),
+        intermediate=record.intermediate,
+        job_ids=record.user_attrs.get("job_ids", []),
+        error=record.user_attrs.get("error"),
     )
 
 
@@ -204,18 +284,46 @@ def get_sweep(session: Session, sweep_id: int, principal: Principal) -> SweepOut
     return describe(session, repository.get_sweep(session, sweep_id, principal))
 
 
+def trials(session: Session, sweep_id: int, principal: Principal) -> SweepTrials:
+    """Every trial of an adaptive sweep as the controller sees it (none for a grid or random
+    sweep): params, state, value, intermediate values, job ids; and its space and objective,
+    from which ``client.study`` rebuilds an Optuna study."""
+    sweep = repository.get_sweep(session, sweep_id, principal)
+    if sweep.budget is None:
+        return SweepTrials(sweep_id=sweep.id, strategy=describe_strategy(sweep), objective=None, space=None, trials=[])
+    search = controller.Search.of(sweep)
+    known = controller.records(session, search)
+    return SweepTrials(
+        sweep_id=sweep.id,
+        strategy=describe_strategy(sweep),
+        objective=sweep.objective,
+        space=sweep.space,
+        trials=[trial_out(record) for record in known],
+    )
+
+
+def describe_strategy(sweep: Sweep) -> str:
+    """The strategy a sweep searches by: as named, else grid or random by its search."""
+    return sweep.strategy or ("random" if "random" in sweep.search else "grid")
+
+
 def watch(session: Session, sweep_id: int, principal: Principal) -> TokenReader:
-    """A reader of the sweep's state token (one grouped count) for a long-poll, once
-    ``SweepNotFound`` is ruled out (its owner never changes). The request's session is committed
-    and closed before the wait: it holds no pooled connection meanwhile, and the answer after the
-    wait reads fresh rows, not objects loaded before it."""
-    repository.get_sweep(session, sweep_id, principal)
+    """A reader of the sweep's state token (one grouped count; an adaptive sweep's trials and
+    whether it was stopped, one more) for a long-poll, once ``SweepNotFound`` is ruled out (its
+    owner never changes). The request's session is committed and closed before the wait: it
+    holds no pooled connection meanwhile, and the answer after the wait reads fresh rows, not
+    objects loaded before it."""
+    budget = repository.get_sweep(session, sweep_id, principal).budget
     session.commit()
     session.close()
 
     def read(each: Session) -> tuple[str, bool]:
+        if budget is None:
+            counts = repository.status_counts(each, [sweep_id])[sweep_id]
+            return sweep_token(counts), sweep_done(counts, None, None, False)
+        trials, stopped = stored_trials.progress(each, sweep_id)  # before the counts: see sweep_done
         counts = repository.status_counts(each, [sweep_id])[sweep_id]
-        return sweep_token(counts), counts["queued"] + counts["running"] == 0
+        return sweep_token(counts, trials), sweep_done(counts, budget, trials, stopped)
 
     return read
 
@@ -230,17 +338,27 @@ def list_sweeps(
         before = repository.decode_cursor(cursor)
     sweeps = repository.list_sweeps(session, principal, owner=owner, limit=limit + 1, before_id=before)
     page = sweeps[:limit]
-    counts = repository.status_counts(session, [sweep.id for sweep in page])
-    cached = repository.cached_counts(session, [sweep.id for sweep in page])
+    ids = [sweep.id for sweep in page]
+    trials = stored_trials.trial_counts(session, ids)  # before the counts: see sweep_done
+    counts = repository.status_counts(session, ids)
+    cached = repository.cached_counts(session, ids)
     return SweepPage(
-        items=[describe(session, sweep, counts[sweep.id], with_best=False, cached=cached[sweep.id]) for sweep in page],
+        items=[
+            describe(
+                session, sweep, counts[sweep.id], with_best=False, cached=cached[sweep.id], trials=trials[sweep.id]
+            )
+            for sweep in page
+        ],
         next_cursor=str(page[-1].id) if len(sweeps) > limit else None,
     )
 
 
 def cancel_sweep(session: Session, sweep_id: int, principal: Principal) -> SweepOut:
-    """Queued jobs never run; running ones stop at their next epoch boundary; finished ones stay."""
+    """Queued jobs never run; running ones stop at their next epoch boundary; finished ones stay;
+    an adaptive sweep's search stops (first: on PostgreSQL a controller pass storing trials holds
+    the sweep's row, and this waits for it, then cancels the jobs it created too)."""
     sweep = repository.get_sweep(session, sweep_id, principal)
+    stored_trials.stop(session, sweep_id)
     transitions.cancel_sweep_jobs(session, sweep_id)
     session.commit()
     return describe(session, sweep)

@@ -43,6 +43,7 @@ OWNED_ROUTES = {
     ("POST", "/v1/sweeps/{sweep_id}/cancel"),
     ("GET", "/v1/sweeps/{sweep_id}/leaderboard"),
     ("GET", "/v1/sweeps/{sweep_id}/metrics"),
+    ("GET", "/v1/sweeps/{sweep_id}/trials"),
     ("GET", "/v1/jobs/{job_id}/result"),
     ("GET", "/v1/sweeps/{sweep_id}/compare"),
     ("GET", "/v1/sweeps/{sweep_id}/divergence"),
@@ -189,6 +190,7 @@ def _assert_hidden(client: TestClient, token: str, job: dict[str, Any], sweep: d
     job_paths += [f"/v1/jobs/{job['id']}/result"]
     sweep_paths = [f"/v1/sweeps/{sweep['id']}", f"/v1/sweeps/{sweep['id']}/leaderboard"]
     sweep_paths += [f"/v1/sweeps/{sweep['id']}/metrics", f"/v1/sweeps/{sweep['id']}/metrics?format=csv"]
+    sweep_paths += [f"/v1/sweeps/{sweep['id']}/trials"]
     analyses = ("compare", "divergence", "budget", "trajectories")
     sweep_paths += [f"/v1/sweeps/{sweep['id']}/{name}" for name in analyses] + [f"/v1/profiles?sweeps={sweep['id']}"]
     for method, path, error in [

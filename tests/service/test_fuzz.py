@@ -32,12 +32,14 @@ UNSTATED_RULES = frozenset(
     | {"configuration_required", "unknown_configuration", "same_configuration", "different_problem", "empty_sweep"}
     | {"no_trajectories", "invalid_ids", "lr_conflict", "unknown_job", "not_a_range_test", "no_suggestion"}
     | {"mode_against_best", "too_many_configurations", "range_test_mismatch"}
+    | {"search_conflict", "strategy_space"}
 )
 """The 422 types of rules the code states and no JSON Schema can: validators' cross-field rules
 (``value_error``, the spec's ``spec_field``), this server's caps, what this host has, a sweep's
 expansions (its base is a free-form object), opaque cursors, and what the stored data decides
 (which configuration a hash names, whether two sweeps pair, whether a job is a finished range
-test, whether the ids of a list exist). Every other type is pydantic's own
+test, whether the ids of a list exist), and which search fields go together (a space with an
+adaptive strategy and a budget; CMA-ES with a fixed numeric space). Every other type is pydantic's own
 constraint (``missing``, ``string_pattern_mismatch``, ...), which the schema states: a 422 for one
 of those on schema-valid data means the schema and the validation disagree."""
 

@@ -1,0 +1,94 @@
+"""``optimlab sweep FILE``: create a sweep from a YAML or JSON file (a grid or random search, or an
+adaptive one: strategy, space, budget, parallelism, objective, sampler_seed, pruner) and, with --wait,
+print its leaderboard.
+
+``service.cli`` imports this module to register the command, so the command imports
+``service.cli``'s helpers (``_client``, the consoles, exit codes) when it runs; the connection
+options are ``service.cli_analysis``'s (a test holds those equal to ``service.cli``'s).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from service.cli_analysis import KeyOption, UrlOption
+
+KEYS = frozenset({"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from", "cache"})
+SEARCH_KEYS = frozenset({"strategy", "space", "budget", "parallelism", "objective", "sampler_seed", "pruner"})
+"""What a sweep file may hold: ``client.sweep``'s keyword arguments (and ``base``)."""
+
+
+def sweep(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help=(
+                "A sweep: name, base, grid / random / seeds, lr_from, execution, cache; or an adaptive search: "
+                "strategy, space, budget, parallelism, objective, sampler_seed, pruner (YAML or JSON)."
+            )
+        ),
+    ],
+    wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
+    metric: Annotated[str, typer.Option(help="Leaderboard metric with --wait.")] = "val_loss",
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Create a sweep. Prints its id; with --wait, the leaderboard, and exits 3 if a job failed."""
+    from service.cli import EXIT_OK, _client, _finished_ok, _load, _print_leaderboard, console, out
+
+    body = _checked(_load(file), file)
+    with _client(url, api_key) as client:
+        search = {key: body[key] for key in SEARCH_KEYS if key in body}
+        created = client.sweep(
+            body["base"],
+            grid=body.get("grid"),
+            random=body.get("random"),
+            seeds=body.get("seeds"),
+            name=body.get("name"),
+            tags=body.get("tags") or [],
+            execution=body.get("execution", "auto"),
+            lr_from=body.get("lr_from"),
+            cache=body.get("cache", True),
+            **search,
+        )
+        console.print(_created(created))
+        if not wait:
+            out.print(created["id"])
+            raise typer.Exit(EXIT_OK)
+        done = client.wait(created)
+        _print_leaderboard(client, created["id"], metric, None, "best")
+        if (best := done.get("best_trial")) is not None:
+            console.print(f"best trial {best['number']}: {best['value']} with {best['params']}")
+        counts = done["counts"]
+        raise typer.Exit(_finished_ok([s for s, n in counts.items() if n]))
+
+
+def _checked(body: dict[str, Any], file: Path) -> dict[str, Any]:
+    """The file's body, or the usage exit code naming what is wrong with it."""
+    from service.cli import EXIT_USAGE, console
+
+    unknown = set(body) - KEYS - SEARCH_KEYS
+    problem = None
+    if not isinstance(body.get("cache", True), bool):
+        problem = "cache must be true or false"
+    elif unknown:
+        problem = f"needs 'base'; unknown keys {sorted(unknown)}"
+    elif "base" not in body:
+        problem = "needs 'base'"
+    if problem is not None:
+        console.print(f"[red]{file}[/]: {problem}")
+        raise typer.Exit(EXIT_USAGE)
+    return body
+
+
+def _created(sweep: dict[str, Any]) -> str:
+    """The line that says what was created: jobs (and how many the result cache served); for an
+    adaptive search, its strategy and the trials created of its budget."""
+    served = f", {sweep['cached']} from the result cache" if sweep.get("cached") else ""
+    line = f"sweep {sweep['id']}: {sweep['n_jobs']} jobs{served}"
+    if sweep.get("budget") is not None:
+        line += f" ({sweep['strategy']}: {sweep['trials']} of {sweep['budget']} trials so far)"
+    return line
