@@ -1,7 +1,7 @@
-"""An adaptive (TPE) sweep on PostgreSQL + Redis + two prefork workers, its controller's API process
-SIGKILLed mid-sweep and replaced: the new process takes the search over once the dead one's lease
-lapses, and the sweep ends with exactly its budget of trials, each with exactly its seeds' jobs,
-every job run once."""
+"""An adaptive (TPE + ASHA) sweep on PostgreSQL + Redis + two prefork workers, its controller's API
+process SIGKILLed mid-sweep and replaced: the new process takes the search over once the dead one's
+lease lapses, and the sweep ends with exactly its budget of trials, each with exactly its seeds'
+jobs, every job run once; the workers' pruner stopped some trials, whose jobs ended pruned."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ pytestmark = pytest.mark.slow
 
 BUDGET, SEEDS = 20, [0, 1]
 SWEEP = {
-    "base": slow_spec(2, n_samples=2048),
+    "base": slow_spec(4, n_samples=2048),
     "strategy": "tpe",
     "space": {"optimizer.lr": {"log_uniform": [1e-3, 0.1]}, "optimizer.params.momentum": {"uniform": [0.0, 0.9]}},
     "budget": BUDGET,
     "parallelism": 4,
     "seeds": SEEDS,
+    "pruner": {"name": "asha", "min_resource": 1, "reduction_factor": 2},
 }
 
 
@@ -61,8 +62,9 @@ def test_a_tpe_sweep_survives_its_controller_killed_mid_sweep(deployment: Deploy
     )
     trials = api.http.get(f"/v1/sweeps/{sweep['id']}/trials").json()["trials"]
     assert [trial["number"] for trial in trials] == list(range(BUDGET))
-    odd = [trial for trial in trials if trial["state"] != "complete" or len(trial["job_ids"]) != len(SEEDS)]
+    odd = [t for t in trials if t["state"] not in ("complete", "pruned") or len(t["job_ids"]) != len(SEEDS)]
     assert not odd, odd
+    assert any(t["state"] == "pruned" for t in trials), "halving at epochs 1 and 2: some trials lose"
     assert (final["trials"], final["n_jobs"]) == (BUDGET, BUDGET * len(SEEDS))
     jobs = jobs_of(deployment.database_url, sweep["id"])
     assert Counter((job.trial_number, job.spec["seed"]) for job in jobs) == {
@@ -71,4 +73,4 @@ def test_a_tpe_sweep_survives_its_controller_killed_mid_sweep(deployment: Deploy
     # Each job ran once: claimed by one attempt (a duplicate message finds it claimed and does
     # nothing), which the workers' logs confirm attempt by attempt, none overlapping.
     assert {job.attempt for job in jobs} == {1}
-    assert_invariants(deployment.database_url, deployment.every_worker(), statuses=("succeeded", "diverged"))
+    assert_invariants(deployment.database_url, deployment.every_worker(), statuses=("succeeded", "diverged", "pruned"))
