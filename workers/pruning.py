@@ -106,6 +106,9 @@ class Pruning:
             except DatabaseLost as exc:
                 log.warning("sweep %s: no pruning decision (%s)", self._sweep_id, exc)
                 self._decided[key] = False
+            except Exception:  # a pruner's failure must not fail the training it would only shorten
+                log.exception("sweep %s: pruning trial %s at epoch %s failed; it trains on", self._sweep_id, *key)
+                self._decided[key] = False
         return self._decided[key]
 
     def _decide(self, trial: int, epoch: int) -> bool:
@@ -113,6 +116,8 @@ class Pruning:
         if stale or trial >= len(self._snapshot):  # a trial created since: read again
             self._snapshot = with_db(self._sessions, self._read, 5.0)
             self._read_at = time.monotonic()
+        if trial >= len(self._snapshot):
+            return False  # not stored yet as far as this read goes: never in a committed sweep
         mine = set(self._trial_of)
         trials = [self._as_asked(stored, epoch, stored.number in mine) for stored in self._snapshot]
         pruner = make_pruner(self._sweep.pruner, max_resource=self._sweep.epochs)

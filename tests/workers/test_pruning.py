@@ -126,3 +126,22 @@ def test_wilcoxon_stops_a_configuration_whose_paired_seeds_lose(
     assert execute(bad_ids + good_ids, sessions, settings) == "pruned=5 succeeded=5"
     assert {outcome(sessions, j)[:2] for j in bad_ids} == {("pruned", 1)}
     assert {outcome(sessions, j)[:2] for j in good_ids} == {("succeeded", 4)}
+
+
+def test_a_failing_pruner_never_fails_the_training(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pruner only shortens a run: if asking it raises, the trial trains to its end."""
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a pruner bug")
+
+    monkeypatch.setattr("workers.pruning.decide", broken)
+    sweep_id = make_sweep(sessions, {"name": "median", "n_startup_trials": 0}, 1)
+    (job_id,) = trial_jobs(sessions, sweep_id, 0, [digits_spec({"name": "sgd", "lr": 1e-6}, model=MLP, epochs=3)])
+    assert execute([job_id], sessions, settings) == "succeeded=1"
+    assert outcome(sessions, job_id)[:2] == ("succeeded", 3)
+    assert "pruning trial 0 at epoch 1 failed" in caplog.text
