@@ -422,6 +422,8 @@ def _print_leaderboard(client: Any, sweep_id: int, metric: str, mode: str | None
         if row.get("ci95_low") is not None and row.get("mean") is not None:
             row["95% CI"] = f"±{(row['ci95_high'] - row['ci95_low']) / 2:.3g}"
     columns = ["rank", "configuration", "n", "mean", "std", "95% CI", "min", "max", "diverged", "mean_wall_seconds"]
+    if frame.get("pruned") is not None and frame["pruned"].any():
+        columns.insert(columns.index("diverged") + 1, "pruned")
     _table(rows, columns, title=f"sweep {sweep_id}: {which} {metric}")
 
 

@@ -32,7 +32,10 @@ def sweep(
         ),
     ],
     wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
-    metric: Annotated[str, typer.Option(help="Leaderboard metric with --wait.")] = "val_loss",
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Leaderboard metric with --wait (default: an adaptive sweep's objective, else val_loss)."),
+    ] = None,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
@@ -59,7 +62,9 @@ def sweep(
             out.print(created["id"])
             raise typer.Exit(EXIT_OK)
         done = client.wait(created)
-        _print_leaderboard(client, created["id"], metric, None, "best")
+        objective = done.get("objective") or {}  # an adaptive sweep ranks by what it optimized
+        ranked_by = metric or objective.get("metric", "val_loss")
+        _print_leaderboard(client, created["id"], ranked_by, None, objective.get("which", "best"))
         if (best := done.get("best_trial")) is not None:
             console.print(f"best trial {best['number']}: {best['value']} with {best['params']}")
         counts = done["counts"]

@@ -57,6 +57,7 @@ class _Stored:
     value: float | None
     attrs: dict[str, Any]
     curves: dict[int, Curve]
+    sibling_pruned: bool = False  # a job of it is pruned (its seeds train in separate tasks)
 
 
 class Pruning:
@@ -118,6 +119,8 @@ class Pruning:
             self._read_at = time.monotonic()
         if trial >= len(self._snapshot):
             return False  # not stored yet as far as this read goes: never in a committed sweep
+        if self._snapshot[trial].sibling_pruned:
+            return True  # a seed of this trial training elsewhere was pruned: its seeds stop together
         mine = set(self._trial_of)
         trials = [self._as_asked(stored, epoch, stored.number in mine) for stored in self._snapshot]
         pruner = make_pruner(self._sweep.pruner, max_resource=self._sweep.epochs)
@@ -193,7 +196,8 @@ class Pruning:
             )
         elif JobStatus.pruned in statuses:
             state = "pruned"
-        return _Stored(number, state, value, attrs, {job.id: curves.get(job.id, {}) for job in jobs})
+        curves_of = {job.id: curves.get(job.id, {}) for job in jobs}
+        return _Stored(number, state, value, attrs, curves_of, JobStatus.pruned in statuses)
 
 
 def _worst(sweep: _Sweep) -> float:

@@ -194,7 +194,9 @@ def store_trials(session: Session, search: Search, planned: Sequence[PlannedTria
         packs,
         owner=sweep.owner,
         execution=sweep.execution,
-        use_cache=sweep.cache is not False,
+        # A pruned sweep trains its trials: a cached run carries no pruning decisions (rung values
+        # for the trials after it) and a pruned run is never cached, so a repeat would train more.
+        use_cache=sweep.cache is not False and not sweep.pruner,
         settings=settings,
         trial_numbers=[trial.number for trial in planned for _ in trial.jobs],
     )

@@ -235,7 +235,11 @@ def leaderboard(session: Session, sweep_id: int, query: LeaderboardQuery) -> lis
     configs: dict[int, dict[str, Any]] = {job_id: config for job_id, config in first_jobs}
     board = [_statistics(row, configs.get(row.first_job) or {}) for row in rows]
     descending = query.resolved_mode() == "max"
-    board.sort(key=lambda r: (r["mean"] is None, -(r["mean"] or 0) if descending else (r["mean"] or 0)))
+    # A configuration a pruner stopped ranks after every one that was not, whatever the mean of
+    # its seeds that happened to finish: it was tried and lost.
+    board.sort(
+        key=lambda r: (r["mean"] is None, r["pruned"] > 0, -(r["mean"] or 0) if descending else (r["mean"] or 0))
+    )
     for rank, row in enumerate(board, start=1):
         row["rank"] = rank
     return board

@@ -115,6 +115,8 @@ def test_losing_trials_are_pruned_and_counted_as_tried(
 
     board = client.get(f"/v1/sweeps/{sweep_id}/leaderboard", params={"metric": "val_loss"}).json()["rows"]
     assert sum(row["pruned"] for row in board) == len(pruned)
+    ranked = [row["pruned"] > 0 for row in board]
+    assert ranked == sorted(ranked), "a configuration a pruner stopped ranks after every complete one"
     trials = client.get(f"/v1/sweeps/{sweep_id}/trials").json()["trials"]
     pruned_trials = {job.trial_number for job in pruned}
     assert {t["number"] for t in trials if t["state"] == "pruned"} == pruned_trials
@@ -133,3 +135,19 @@ def test_losing_trials_are_pruned_and_counted_as_tried(
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.PRUNED:
             assert trial.intermediate_values, "a pruned trial keeps its epochs"
+
+
+def test_a_pruned_sweep_trains_its_trials_rather_than_copy_them(
+    client: TestClient, sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """A cached run carries no pruning decisions, and pruned runs are never cached: a repeat of a
+    pruned sweep served partly from the cache would train more than the first. It trains all,
+    and asks exactly the first's trials."""
+    first = run_sweep(client, sessions, settings)
+    again = run_sweep(client, sessions, settings)
+    with sessions() as session:
+        jobs = session.scalars(select(Job).where(Job.sweep_id == again)).all()
+    assert jobs
+    assert all(job.cached_from is None for job in jobs)
+    params = [[t["params"] for t in client.get(f"/v1/sweeps/{s}/trials").json()["trials"]] for s in (first, again)]
+    assert params[0] == params[1]

@@ -145,3 +145,17 @@ def test_a_failing_pruner_never_fails_the_training(
     assert execute([job_id], sessions, settings) == "succeeded=1"
     assert outcome(sessions, job_id)[:2] == ("succeeded", 3)
     assert "pruning trial 0 at epoch 1 failed" in caplog.text
+
+
+def test_a_seed_training_alone_stops_once_a_sibling_seed_was_pruned(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    """Separate execution: a trial's seeds train in different tasks; one was pruned, so the
+    other stops at its next decision, and the trial's seeds end alike."""
+    sweep_id = make_sweep(sessions, {"name": "median", "n_startup_trials": 0}, 1)
+    first, second = trial_jobs(
+        sessions, sweep_id, 0, [digits_spec({"name": "adam", "lr": 1e-2}, model=MLP, epochs=4, seed=s) for s in (0, 1)]
+    )
+    advance(sessions, first, losses=[2.0], status=JobStatus.pruned)
+    assert execute([second], sessions, settings) == "pruned=1"
+    assert outcome(sessions, second)[:2] == ("pruned", 1)
