@@ -126,9 +126,8 @@ def _number(value: Any) -> float:
     return float(value) if value is not None else math.inf
 
 
-def run_tpe(client: Any, sampler_seed: int, target: float, best: float) -> tuple[float, float, float]:
-    """One TPE sweep: the trials it needed to reach ``target`` and to beat the grid's ``best``
-    mean itself (each as a fraction of the grid's size), and its best mean."""
+def tpe_sweep(client: Any, sampler_seed: int, **extra: Any) -> dict[str, Any]:
+    """A TPE sweep of the space (budget, parallelism and seeds as above), once it is done."""
     sweep = client.sweep(
         BASE,
         strategy="tpe",
@@ -137,9 +136,16 @@ def run_tpe(client: Any, sampler_seed: int, target: float, best: float) -> tuple
         parallelism=PARALLELISM,
         seeds=SEEDS,
         sampler_seed=sampler_seed,
-        name=f"tpe {sampler_seed}",
+        **extra,
     )
     client.wait(sweep, progress=False)
+    return dict(sweep)
+
+
+def run_tpe(client: Any, sampler_seed: int, target: float, best: float) -> tuple[float, float, float]:
+    """One TPE sweep: the trials it needed to reach ``target`` and to beat the grid's ``best``
+    mean itself (each as a fraction of the grid's size), and its best mean."""
+    sweep = tpe_sweep(client, sampler_seed, name=f"tpe {sampler_seed}")
     values = [_number(t["value"]) if t["state"] == "complete" else math.inf for t in trials_of(client, sweep)]
     return _first(values, target), _first(values, best), min(values)
 
@@ -152,18 +158,7 @@ def _first(values: list[float], bound: float) -> float:
 
 def run_asha(client: Any) -> tuple[float, float, int]:
     """One TPE sweep with ASHA: (share of epochs saved, best complete mean, trials)."""
-    sweep = client.sweep(
-        BASE,
-        strategy="tpe",
-        space=SPACE,
-        budget=BUDGET,
-        parallelism=PARALLELISM,
-        seeds=SEEDS,
-        sampler_seed=100,
-        pruner={"name": "asha", "reduction_factor": 3},
-        name="tpe + asha",
-    )
-    client.wait(sweep, progress=False)
+    sweep = tpe_sweep(client, 100, name="tpe + asha", pruner={"name": "asha", "reduction_factor": 3})
     jobs = client.jobs(sweep_id=sweep["id"], limit=10_000)
     trained = sum(int(job["summary"]["epochs_done"]) for job in jobs)
     trials = trials_of(client, sweep)

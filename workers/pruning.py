@@ -22,18 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from optim_engine.results import EpochMetrics
+from service.db import trials
 from service.db.epochs import EPOCHS
 from service.db.models import Job, JobStatus, Sweep, SweepTrial
 from service.search.pruners import PrunerConfig, PruneState, PruneTrial, decide, make_pruner
 from workers.database import DatabaseLost, with_db
 
 log = logging.getLogger("optimlab.worker")
-
-LIVE = (JobStatus.queued, JobStatus.running)
 
 Curve = dict[int, float]  # epoch → the objective metric
 
@@ -155,7 +154,7 @@ class Pruning:
     def _read(self, session: Session) -> list[_Stored]:
         """Every trial of the sweep, numbered 0..n-1, from its jobs and their epoch rows (rows
         read again only for trials not final at the last read)."""
-        n = len(session.scalars(select(SweepTrial.number).where(SweepTrial.sweep_id == self._sweep_id)).all())
+        n = session.scalar(select(func.count()).where(SweepTrial.sweep_id == self._sweep_id)) or 0
         summary = getattr(Job, f"{self._sweep.which}_{self._sweep.metric}")
         jobs = session.execute(
             select(Job.id, Job.trial_number, Job.status, Job.prune_attrs, summary.label("value"))
@@ -183,29 +182,17 @@ class Pruning:
         return trials
 
     def _stored(self, number: int, jobs: list[Any], curves: dict[int, Curve]) -> _Stored:
-        statuses = {job.status for job in jobs}
+        """A trial as the controller sees it (``trials.outcome``: a diverged seed the worst
+        value), with its jobs' curves and the attrs of its most advanced decision."""
+        found = [trials.TrialJob(job.id, job.status, job.value) for job in jobs]
+        state, value = trials.outcome(None, found, self._sweep.direction)
         attrs = max((job.prune_attrs or {} for job in jobs), key=len, default={})
-        state: PruneState = "failed"
-        value = None
-        if statuses & set(LIVE):
-            state = "running"
-        elif JobStatus.succeeded in statuses:
-            state = "complete"
-            value = statistics.fmean(
-                _finite(job.value, self._sweep) for job in jobs if job.status == JobStatus.succeeded
-            )
-        elif JobStatus.pruned in statuses:
-            state = "pruned"
         curves_of = {job.id: curves.get(job.id, {}) for job in jobs}
-        return _Stored(number, state, value, attrs, curves_of, JobStatus.pruned in statuses)
+        return _Stored(number, state, value, attrs, curves_of, any(job.status == JobStatus.pruned for job in jobs))
 
 
 def _worst(sweep: _Sweep) -> float:
     return math.inf if sweep.direction == "minimize" else -math.inf
-
-
-def _finite(value: float | None, sweep: _Sweep) -> float:
-    return float(value) if value is not None and math.isfinite(value) else _worst(sweep)
 
 
 def pruning_for(

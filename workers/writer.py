@@ -281,8 +281,8 @@ class Writer(threading.Thread):
         owned = [job_id for job_id, o in ownerships.items() if o.owned]
         before_resume = {j: finishes[j][1].get("before_resume", []) for j in owned if j in finishes}
         epochs.record(session, {j: before_resume.get(j, []) + rows.get(j, []) for j in owned})
-        for job_id in (j for j in owned if attrs and j in attrs):
-            session.execute(update(Job).where(Job.id == job_id).values(prune_attrs=attrs[job_id]))  # type: ignore[index]
+        for job_id in (j for j in owned if j in (attrs or {})):
+            session.execute(update(Job).where(Job.id == job_id).values(prune_attrs=(attrs or {})[job_id]))
         finished: dict[int, str] = {}
         for job_id in (j for j in owned if j in finishes):
             status, details = finishes[job_id]

@@ -9,10 +9,11 @@ never do."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -24,6 +25,9 @@ from service.db.session import utcnow
 from service.spec_codec import decode, encode
 
 IN_FLIGHT = (JobStatus.queued, JobStatus.running)
+
+TrialState = Literal["running", "complete", "pruned", "failed"]
+"""A trial's state as its jobs give it (``outcome``); ``service.search.study.RecordState`` is the same."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,32 @@ class TrialJob:
     job_id: int
     status: str
     value: float | None
+
+
+def outcome(error: str | None, jobs: Sequence[TrialJob], direction: str) -> tuple[TrialState, float | None]:
+    """A trial's state and value from its jobs: running while any is queued or running; pruned
+    when the sweep's pruner stopped one (the study gives it its last intermediate value, as
+    Optuna's ``tell`` does); complete when each succeeded with a value or diverged, its value the
+    mean over them with a diverged one the worst (inf minimizing, -inf maximizing: a NaN would
+    make the trial failed and the sampler blind to it); failed otherwise (invalid, a job failed
+    or was cancelled, or a succeeded job has no value of the metric, such as val_loss without a
+    validation set)."""
+    if error is not None or not jobs:
+        return "failed", None
+    if any(job.status in IN_FLIGHT for job in jobs):
+        return "running", None
+    if any(job.status == JobStatus.pruned for job in jobs):
+        return "pruned", None
+    worst = math.inf if direction == "minimize" else -math.inf
+    values = []
+    for job in jobs:
+        if job.status == JobStatus.diverged:
+            values.append(worst)
+        elif job.status == JobStatus.succeeded and job.value is not None:
+            values.append(float(job.value))
+        else:
+            return "failed", None
+    return "complete", sum(values) / len(values)
 
 
 def trial_jobs(session: Session, sweep_id: int, column: str) -> dict[int, list[TrialJob]]:

@@ -21,7 +21,6 @@ modelled ask (after 10 complete trials): an API process that runs such a search 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import secrets
 import socket
@@ -34,9 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.admission import spec_problems
 from service.db import trials as stored
-from service.db.models import JobStatus, Sweep
+from service.db.models import Sweep
 from service.search.space import SearchParam, Strategy, make_sampler, parse_space
-from service.search.study import Direction, RecordState, TrialRecord, ask, rebuild, sampler_seed
+from service.search.study import Direction, TrialRecord, ask, rebuild, sampler_seed
 from service.settings import Settings
 from service.sweeps import repository
 from service.sweeps.expansion import SweepInvalid, Trial, expand_configuration, plan_packs, problem
@@ -77,7 +76,7 @@ class Search:
 
 def records(session: Session, search: Search, *, curves: bool = True) -> list[TrialRecord]:
     """Every trial of the sweep as Optuna should see it: params and sampler attrs as stored, state
-    and value from its jobs (``outcome``), intermediate values = the objective metric's mean over
+    and value from its jobs (``trials.outcome``), intermediate values = the objective metric's mean over
     its seeds per epoch (``curves``: read them; a sweep's best trial needs none). ``user_attrs``
     hold its job ids and, for an invalid one, its error."""
     sweep_id, metric = search.sweep.id, search.objective["metric"]
@@ -89,41 +88,13 @@ def records(session: Session, search: Search, *, curves: bool = True) -> list[Tr
     found = []
     for trial in trials:
         mine = jobs.get(trial.number, [])
-        state, value = outcome(trial.error, mine, search.direction)
+        state, value = stored.outcome(trial.error, mine, search.direction)
         attrs: dict[str, Any] = {"job_ids": [job.job_id for job in mine]}
         if trial.error is not None:
             attrs["error"] = trial.error
         curve = dict(per_epoch.get(trial.number, {}))
         found.append(TrialRecord(trial.number, trial.params, state, value, curve, trial.system_attrs, attrs))
     return found
-
-
-def outcome(
-    error: str | None, jobs: Sequence[stored.TrialJob], direction: Direction
-) -> tuple[RecordState, float | None]:
-    """A trial's state and value from its jobs: running while any is queued or running; pruned
-    when the sweep's pruner stopped one (the study gives it its last intermediate value, as
-    Optuna's ``tell`` does); complete when each succeeded with a value or diverged, its value the
-    mean over them with a diverged one the worst (inf minimizing, -inf maximizing: a NaN would
-    make the trial failed and the sampler blind to it); failed otherwise (invalid, a job failed
-    or was cancelled, or a succeeded job has no value of the metric, such as val_loss without a
-    validation set)."""
-    if error is not None or not jobs:
-        return "failed", None
-    if any(job.status in stored.IN_FLIGHT for job in jobs):
-        return "running", None
-    if any(job.status == JobStatus.pruned for job in jobs):
-        return "pruned", None
-    worst = math.inf if direction == "minimize" else -math.inf
-    values = []
-    for job in jobs:
-        if job.status == JobStatus.diverged:
-            values.append(worst)
-        elif job.status == JobStatus.succeeded and job.value is not None:
-            values.append(float(job.value))
-        else:
-            return "failed", None
-    return "complete", sum(values) / len(values)
 
 
 # --- a pass: ask, then store -------------------------------------------------------------------

@@ -14,7 +14,6 @@ rather than Optuna's "auto", which waits for a first complete trial to guess it.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from optuna.trial import TrialState, create_trial
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from service.schemas import INTEGRAL, JsonFloat
+from service.search.study import STUDY_NAME, RecordState, state_and_value
 
 PrunerName = Literal["median", "percentile", "successive_halving", "asha", "hyperband", "wilcoxon"]
 """``asha`` is ``successive_halving`` (Optuna's is the asynchronous variant, ASHA)."""
@@ -111,22 +111,7 @@ def make_pruner(config: PrunerConfig, max_resource: int) -> BasePruner:
         return WilcoxonPruner(**params)
 
 
-PruneState = Literal["running", "complete", "pruned", "failed"]
-_STATES = {
-    "running": TrialState.RUNNING,
-    "complete": TrialState.COMPLETE,
-    "pruned": TrialState.PRUNED,
-    "failed": TrialState.FAIL,
-}
-_STUDY_NAME = "optimlab-prune"  # fixed: Hyperband assigns brackets by study name and trial number
-
-
-class _QuietStudies(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != f"A new study created in memory with name: {_STUDY_NAME}"
-
-
-logging.getLogger("optuna.storages._in_memory").addFilter(_QuietStudies())
+PruneState = RecordState
 
 
 @dataclass(frozen=True)
@@ -160,7 +145,7 @@ def decide(
     if numbers != list(range(len(trials))):
         raise ValueError(f"trials must be numbered 0..{len(trials) - 1} in order, got {numbers[:10]}")
     storage = InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=_STUDY_NAME, direction=direction, pruner=pruner)
+    study = optuna.create_study(storage=storage, study_name=STUDY_NAME, direction=direction, pruner=pruner)
     for trial in trials:
         study.add_trial(_frozen(trial))
     decisions: dict[int, tuple[bool, dict[str, Any]]] = {}
@@ -174,13 +159,9 @@ def decide(
 
 
 def _frozen(trial: PruneTrial) -> optuna.trial.FrozenTrial:
-    """The record as Optuna's trial: a pruned one takes its last intermediate value as its value
-    (what ``study.tell`` does); a complete one without a finite value is failed."""
-    state, value = _STATES[trial.state], trial.value
-    if state == TrialState.PRUNED and value is None and trial.intermediate:
-        value = trial.intermediate[max(trial.intermediate)]
-    if state == TrialState.COMPLETE and value is None:
-        state = TrialState.FAIL
+    """The record as Optuna's trial, its state and value as ``study.tell`` would leave them
+    (``study.state_and_value``)."""
+    state, value = state_and_value(trial.state, trial.value, trial.intermediate)
     return create_trial(
         state=state,
         value=value if state in (TrialState.COMPLETE, TrialState.PRUNED) else None,

@@ -36,7 +36,8 @@ STUDY_ATTRS = "optimlab:study_system_attrs"
 Optuna's QMC sampler keeps its position in the sequence there (``qmc:<hash>``); a rebuilt study
 that lost it would draw the sequence's first points again on every pass."""
 
-_STUDY_NAME = "optimlab-rebuilt"
+STUDY_NAME = "optimlab-rebuilt"
+"""The name of every study built here (Hyperband assigns brackets by study name and trial number)."""
 
 
 class _QuietRebuilds(logging.Filter):
@@ -44,7 +45,7 @@ class _QuietRebuilds(logging.Filter):
     only: a controller rebuilds one on every pass, and the line would fill the API's log."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage() != f"A new study created in memory with name: {_STUDY_NAME}"
+        return record.getMessage() != f"A new study created in memory with name: {STUDY_NAME}"
 
 
 logging.getLogger("optuna.storages._in_memory").addFilter(_QuietRebuilds())
@@ -122,8 +123,8 @@ def rebuild(
     if repeated:
         raise ValueError(f"trial numbers repeat: {repeated}")
     storage = InMemoryStorage()
-    study = optuna.create_study(storage=storage, sampler=sampler, study_name=_STUDY_NAME, direction=direction)
-    study_id = storage.get_study_id_from_name(_STUDY_NAME)
+    study = optuna.create_study(storage=storage, sampler=sampler, study_name=STUDY_NAME, direction=direction)
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
     study_attrs: dict[str, Any] = {}
     for record in ordered:
         study_attrs.update(record.system_attrs.get(STUDY_ATTRS, {}))
@@ -148,7 +149,7 @@ def _frozen_trial(record: TrialRecord, space: Mapping[str, SearchParam]) -> Froz
         except (ValueError, TypeError) as error:
             raise ValueError(f"trial {record.number}: {path} = {value!r} does not fit the space ({error})") from None
     intermediate = {int(step): float(value) for step, value in record.intermediate.items()}
-    state, value = _state_and_value(record, intermediate)
+    state, value = state_and_value(record.state, record.value, intermediate)
     try:
         return create_trial(
             state=state,
@@ -163,12 +164,15 @@ def _frozen_trial(record: TrialRecord, space: Mapping[str, SearchParam]) -> Froz
         raise ValueError(f"trial {record.number}: {error}") from None
 
 
-def _state_and_value(record: TrialRecord, intermediate: dict[int, float]) -> tuple[TrialState, float | None]:
-    """The Optuna state and value, as ``study.tell`` would have left them: a NaN objective fails
-    the trial; a pruned trial without a value takes its last intermediate value, if a number."""
-    state = STATES[record.state]
-    value = None if record.value is None else float(record.value)
-    if state == TrialState.COMPLETE and value is not None and math.isnan(value):
+def state_and_value(
+    record_state: RecordState, record_value: float | None, intermediate: Mapping[int, float]
+) -> tuple[TrialState, float | None]:
+    """The Optuna state and value, as ``study.tell`` would have left them: a complete trial
+    without a number fails; a pruned trial without a value takes its last intermediate value,
+    if a number."""
+    state = STATES[record_state]
+    value = None if record_value is None else float(record_value)
+    if state == TrialState.COMPLETE and (value is None or math.isnan(value)):
         return TrialState.FAIL, None
     if state == TrialState.PRUNED and (value is None or math.isnan(value)):
         last = intermediate[max(intermediate)] if intermediate else math.nan

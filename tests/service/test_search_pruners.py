@@ -9,7 +9,8 @@ import optuna
 import pytest
 from pydantic import ValidationError
 
-from service.search.pruners import _STUDY_NAME, PrunerConfig, PruneTrial, decide, make_pruner
+from service.search.pruners import PrunerConfig, PruneTrial, decide, make_pruner
+from service.search.study import STUDY_NAME
 
 EPOCHS = 9
 CONFIGS: list[dict[str, Any]] = [
@@ -37,7 +38,7 @@ def _optuna_run(config: dict[str, Any], curves: list[list[float]]) -> list[int |
     """Optuna alone: the trials one after the other, reporting every step; the step each was
     pruned at (None: completed)."""
     pruner = make_pruner(PrunerConfig.model_validate(config), max_resource=EPOCHS)
-    study = optuna.create_study(study_name=_STUDY_NAME, pruner=pruner)
+    study = optuna.create_study(study_name=STUDY_NAME, pruner=pruner)
     pruned_at: list[int | None] = []
     for curve in curves:
         trial = study.ask()
