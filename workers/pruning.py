@@ -97,39 +97,50 @@ class Pruning:
 
     def should_prune(self, position: int, metrics: EpochMetrics) -> bool:
         """Whether the trial of ``position`` stops after ``metrics.epoch``: decided once per
-        trial and epoch, for all its seeds here. A database that cannot be read prunes nothing."""
-        trial = self._trial_of[position]
-        key = (trial, metrics.epoch)
+        trial and epoch, for all its seeds here, and for every trial of this task that has
+        reported the epoch at once (one study per epoch, not one per trial). A database that
+        cannot be read prunes nothing."""
+        key = (self._trial_of[position], metrics.epoch)
         if key not in self._decided:
             try:
-                self._decided[key] = self._decide(trial, metrics.epoch)
+                self._decided |= self._decide(metrics.epoch)
             except DatabaseLost as exc:
                 log.warning("sweep %s: no pruning decision (%s)", self._sweep_id, exc)
-                self._decided[key] = False
             except Exception:  # a pruner's failure must not fail the training it would only shorten
                 log.exception("sweep %s: pruning trial %s at epoch %s failed; it trains on", self._sweep_id, *key)
-                self._decided[key] = False
-        return self._decided[key]
+        return self._decided.setdefault(key, False)
 
-    def _decide(self, trial: int, epoch: int) -> bool:
-        stale = time.monotonic() - self._read_at >= self._refresh_s
-        if stale or trial >= len(self._snapshot):  # a trial created since: read again
-            self._snapshot = with_db(self._sessions, self._read, 5.0)
+    def _decide(self, epoch: int) -> dict[tuple[int, int], bool]:
+        """Decide every trial of this task that reported ``epoch`` and is not decided yet."""
+        asked = sorted(
+            {
+                trial
+                for trial, job_id in zip(self._trial_of, self._job_ids, strict=True)
+                if epoch in self._curves.get(job_id, {}) and (trial, epoch) not in self._decided
+            }
+        )
+        if time.monotonic() - self._read_at >= self._refresh_s or max(asked, default=-1) >= len(self._snapshot):
+            self._snapshot = with_db(self._sessions, self._read, 5.0)  # stale, or a trial created since
             self._read_at = time.monotonic()
-        if trial >= len(self._snapshot):
-            return False  # not stored yet as far as this read goes: never in a committed sweep
-        if self._snapshot[trial].sibling_pruned:
-            return True  # a seed of this trial training elsewhere was pruned: its seeds stop together
+        decided: dict[tuple[int, int], bool] = {}
+        for trial in asked:
+            if trial >= len(self._snapshot):  # not stored as far as this read goes
+                decided[(trial, epoch)] = False
+            elif self._snapshot[trial].sibling_pruned:  # a seed training elsewhere was: they stop together
+                decided[(trial, epoch)] = True
+        asked = [trial for trial in asked if (trial, epoch) not in decided]
+        if not asked:
+            return decided
         mine = set(self._trial_of)
         trials = [self._as_asked(stored, epoch, stored.number in mine) for stored in self._snapshot]
         pruner = make_pruner(self._sweep.pruner, max_resource=self._sweep.epochs)
-        prune, attrs = decide(pruner, self._sweep.direction, trials, [trial])[trial]  # type: ignore[arg-type]
-        if attrs != trials[trial].attrs:
-            self._attrs[trial] = attrs
-            for position, job_id in enumerate(self._job_ids):
-                if self._trial_of[position] == trial:
+        for trial, (prune, attrs) in decide(pruner, self._sweep.direction, trials, asked).items():  # type: ignore[arg-type]
+            decided[(trial, epoch)] = prune
+            if attrs != trials[trial].attrs:
+                self._attrs[trial] = attrs
+                for job_id in (j for t, j in zip(self._trial_of, self._job_ids, strict=True) if t == trial):
                     self._set_attrs(job_id, attrs)
-        return prune
+        return decided
 
     def _as_asked(self, stored: _Stored, epoch: int, mine: bool) -> PruneTrial:
         """A trial as the pruner sees it when asked at ``epoch``: a trial of this task running,
