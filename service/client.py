@@ -292,7 +292,9 @@ class Client:
             ],
             columns=["job_id", "configuration", "seed", "status"],
         )
-        return frame.merge(jobs, on="job_id", how="left")
+        frame = frame.merge(jobs, on="job_id", how="left")
+        frame.attrs["configs"] = {label(flatten(j["config"] or {})): flatten(j["config"] or {}) for j in body["jobs"]}
+        return frame
 
     # --- analysis (issue 13) ------------------------------------------------------------------
 
@@ -445,12 +447,13 @@ class Client:
         title: str | None = None,
         log_scale: bool = True,
     ) -> Path:
-        """Draw the metric per epoch for each configuration (mean over seeds, band from min to
-        max) and save a PNG."""
-        title = title or f"sweep {_id(sweep)}: {metric} (mean over seeds, band = min..max)"
-        plots.plot_curves(
-            self.sweep_metrics(sweep, columns=[metric]), path, metric=metric, title=title, log_scale=log_scale
-        )
+        """Save a PNG of the metric per epoch per configuration (mean over seeds, band min..max),
+        accuracy beside a loss when reported, titled with the sweep's name: service/plots_curves.py."""
+        from service.plots_curves import plot_curves, wants
+
+        name = self.get_sweep(sweep).get("name") or f"sweep {_id(sweep)}"
+        frame = self.sweep_metrics(sweep, columns=wants(metric))
+        plot_curves(frame, path, metric=metric, title=title or f"{name}: {metric}", log_scale=log_scale)
         return Path(path)
 
     def plot_compare(

@@ -18,7 +18,6 @@ import numpy as np
 from service.client_frames import matrix_frame, matrix_labels, verdict_words
 
 if TYPE_CHECKING:
-    import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -340,32 +339,3 @@ def _draw_contour(ax: Axes, contour: Mapping[str, Any]) -> None:
         levels = np.concatenate([[low], low + np.geomspace(span * 1e-4, span, 25)])
     ax.contourf(x, y, z, levels=levels, cmap="viridis", norm=BoundaryNorm(levels, 256), alpha=0.45)
     ax.contour(x, y, z, levels=levels, colors="black", linewidths=0.4, alpha=0.4)
-
-
-# --- training curves -------------------------------------------------------------------------
-
-
-def plot_curves(
-    frame: pd.DataFrame,
-    path: PathLike | None = None,
-    ax: Any = None,
-    *,
-    metric: str = "val_loss",
-    title: str | None = None,
-    log_scale: bool = True,
-) -> Figure:
-    """The metric per epoch for each configuration of ``client.sweep_metrics``: mean over seeds,
-    band from min to max."""
-    fig, (axes,) = _canvas(ax, 1, (9, 5.5))
-    for configuration, group in frame.groupby("configuration", sort=True):
-        curve = group.groupby("epoch")[metric].agg(["mean", "min", "max"])
-        (line,) = axes.plot(curve.index, curve["mean"], label=str(configuration), linewidth=1.6)
-        axes.fill_between(curve.index, curve["min"], curve["max"], color=line.get_color(), alpha=0.15)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel(metric)
-    if log_scale:
-        axes.set_yscale("log")
-    axes.set_title(title or f"{metric} (mean over seeds, band = min..max)")
-    axes.grid(alpha=0.3)
-    _legend(axes, fontsize=7, loc="best")
-    return _save(fig, path)

@@ -220,6 +220,7 @@ def test_the_clients_plot_methods_fetch_and_draw(tmp_path: Path) -> None:
         "/v1/profiles": answers.profiles(),
         "/v1/jobs/5/result": {"job_id": 5, "status": "succeeded", "result": answers.range_test()},
         "/v1/jobs/6/result": {"job_id": 6, "status": "failed", "result": None},
+        "/v1/sweeps/3": {"id": 3, "name": "lr probe"},
         "/v1/sweeps/3/metrics": {
             "columns": ["job_id", "epoch", "val_loss"],
             "rows": [[1, 1, 0.9], [1, 2, 0.5], [2, 1, 0.8], [2, 2, 0.4]],
