@@ -76,6 +76,10 @@ def _natural(text: str) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+def _unscheduled(schedule: str) -> bool:
+    return not schedule or schedule.endswith("=None")
+
+
 def _has(frame: pd.DataFrame, column: str) -> bool:
     return column in frame.columns and bool(frame[column].notna().any())
 
@@ -112,7 +116,7 @@ def plot_curves(
     labels = sorted(frame["configuration"].unique(), key=str) if "configuration" in frame else []
     keys = {c: style_keys(configs.get(c, {}), str(c)) for c in labels}
     colours = _colours(list(keys.values()))
-    schedules = sorted({k[2] for k in keys.values()})
+    schedules = sorted({k[2] for k in keys.values()}, key=lambda s: (not _unscheduled(s), s))  # none: solid
     order = sorted(labels, key=lambda c: (keys[c][0], _natural(keys[c][1]), keys[c][2]))
     for panel, name in zip(axes, drawn, strict=True):
         for i, configuration in enumerate(order):
