@@ -11,7 +11,9 @@ from pydantic import BaseModel
 
 from optim_engine import spec as _spec
 from optim_engine.packing import PACKABLE_MODELS, PACKABLE_OPTIMIZERS
+from optim_engine.spec.datasets import DATASET_PLUGIN_ERRORS, PluginDataset
 from optim_engine.spec.host import extra_missing
+from optim_engine.spec.models import MODEL_PLUGIN_ERRORS, PluginModel
 
 
 def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
@@ -39,6 +41,10 @@ def _entry(name: str, variant: type[BaseModel], kind: str) -> dict[str, Any]:
     if kind == "loss":
         entry["params_schema"] = {k: v for k, v in variant.model_json_schema().items() if k != "title"}
         entry["tasks"] = list(variant.tasks)  # type: ignore[attr-defined]
+    if issubclass(variant, PluginModel | PluginDataset):  # an installed package's, found by its entry point
+        entry["requires"] = "plugin"
+    if issubclass(variant, PluginModel):  # whether the server's parameter caps can hold it
+        entry["counts_parameters"] = variant.plugin.parameter_count is not None
     if kind == "dataset" and name in ("mnist", "fashion_mnist", "cifar10"):
         entry["requires"] = "files under OPTIMLAB_DATA_DIR (or OPTIMLAB_ALLOW_DOWNLOAD=true with torchvision)"
     if kind == "dataset" and name in _spec.SURFACES:  # a 2-D function: what its plot and its runs start from
@@ -64,8 +70,8 @@ def _unavailable(name: str, kind: str, reason: str, **extra: Any) -> dict[str, A
 def catalog() -> dict[str, list[dict[str, Any]]]:
     """Every registry entry by kind, each with its params' JSON schema.
 
-    Names that torch offers but no spec can use (SparseAdam, LambdaLR, ...) and optimizer
-    plugins that failed to load appear with ``available: false`` and the reason.
+    Names that torch offers but no spec can use (SparseAdam, LambdaLR, ...) and optimizer,
+    model and dataset plugins that failed to load appear with ``available: false`` and the reason.
     """
     result: dict[str, list[dict[str, Any]]] = {}
     kinds: dict[str, tuple[str, list[type[BaseModel]]]] = {
@@ -79,10 +85,16 @@ def catalog() -> dict[str, list[dict[str, Any]]]:
         result[key] = [_entry(name, v, kind) for v in variants for name in _spec.variant_names(v)]
     for key, rejected in (("optimizers", _spec.REJECTED_OPTIMIZERS), ("schedulers", _spec.REJECTED_SCHEDULERS)):
         result[key] += [_unavailable(name, key[:-1], reason) for name, reason in rejected.items()]
-    listed = {entry["name"] for entry in result["optimizers"]}
-    result["optimizers"] += [
-        _unavailable(name, "optimizer", reason, requires="plugin")
-        for name, reason in _spec.PLUGIN_ERRORS.items()
-        if name not in listed  # a failed plugin named like a built-in does not hide it
-    ]
+    failed = (
+        ("optimizers", _spec.PLUGIN_ERRORS),
+        ("models", MODEL_PLUGIN_ERRORS),
+        ("datasets", DATASET_PLUGIN_ERRORS),
+    )
+    for key, errors in failed:
+        listed = {entry["name"] for entry in result[key]}
+        result[key] += [
+            _unavailable(name, key[:-1], reason, requires="plugin")
+            for name, reason in errors.items()
+            if name not in listed  # a failed plugin named like a built-in does not hide it
+        ]
     return result

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from optim_engine import _bundled, _data_files
+from optim_engine._optim import resolve
 from optim_engine.settings import get_settings
 from optim_engine.spec import (
     BCEWithLogitsLoss,
@@ -23,7 +24,7 @@ from optim_engine.spec import (
     SyntheticRegressionDataset,
     VisionDataset,
 )
-from optim_engine.spec.datasets import SURFACE_NAMES
+from optim_engine.spec.datasets import SURFACE_NAMES, PluginDataset
 from optim_engine.spec.host import dataset_info, file_arrays, resolve_root
 
 
@@ -102,6 +103,21 @@ def _download_vision(name: str, root: Path) -> None:
         getattr(torchvision.datasets, cls)(str(root), train=train, download=True)
 
 
+def _plugin(spec: PluginDataset, root: Path) -> _data_files.ArrayData:
+    """A plugin's ``load(params, root) -> (x, y)`` (``DatasetPlugin.target``), imported here, on
+    the worker; its arrays must have the rows its ``describe`` stated (the host check's shape)."""
+    load = resolve(spec.plugin.target)
+    loaded = load(spec.params, root)
+    if not isinstance(loaded, tuple | list) or len(loaded) != 2:
+        raise TypeError(
+            f"the {spec.name} plugin's {spec.plugin.target} must return (x, y), not {type(loaded).__name__}"
+        )
+    x, y = (np.asarray(a.cpu() if isinstance(a, torch.Tensor) else a) for a in loaded)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"the {spec.name} plugin loaded x of shape {x.shape} and y of shape {y.shape}: rows differ")
+    return _data_files.ArrayData(x=x, y=y)
+
+
 def _no_data(spec: Any, _: Path) -> NoReturn:
     raise ValueError(f"{spec.name} is a 2-D function, not data: optim_engine.train runs it on a point model")
 
@@ -142,7 +158,10 @@ def build_dataset(
     info = dataset_info(spec.dataset, root)
     if isinstance(spec.dataset, SurfaceDataset | QuadraticDataset):
         _no_data(spec.dataset, root)
-    arrays = DATASETS[spec.dataset.name](spec.dataset, root)
+    if isinstance(spec.dataset, PluginDataset):
+        arrays = _plugin(spec.dataset, root)
+    else:
+        arrays = DATASETS[spec.dataset.name](spec.dataset, root)
     x_train, y_train, x_val, y_val = _split(arrays, spec.dataset.val_fraction, spec.dataset.split_seed)
     # Explicit widths, not -1: an empty validation split (val_fraction 0) has no width to infer.
     x_train = x_train.reshape(x_train.shape[0], info.n_features).astype(np.float64)

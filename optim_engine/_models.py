@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from optim_engine import _seeding
+from optim_engine._optim import resolve
 from optim_engine.spec import CNNParams, DatasetInfo, JobSpec, MLPParams, PointModel, PointParams, output_size, surface
 from optim_engine.spec.host import dataset_info, resolve_root
+from optim_engine.spec.models import PluginModel
 
 POINT_DTYPE = torch.float64
 
@@ -98,11 +100,25 @@ MODELS: dict[str, Callable[[Any, int, int, DatasetInfo], nn.Module]] = {
 }
 
 
+def _plugin_builder(model: PluginModel) -> Callable[[Any, int, int, DatasetInfo], nn.Module]:
+    """A plugin's ``build(params, info, n_outputs)`` (``ModelPlugin.target``), imported here, on
+    the worker, and held to returning a module."""
+    build = resolve(model.plugin.target)
+
+    def builder(params: Any, _: int, n_out: int, info: DatasetInfo) -> nn.Module:
+        module = build(params, info, n_out)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"the {model.name} plugin's {model.plugin.target} returned a {type(module).__name__}")
+        return module
+
+    return builder
+
+
 def build_model(spec: JobSpec | dict[str, Any], *, data_root: Path | None = None) -> nn.Module:
     """The exact initial model of a run, on the CPU: same seed, same weights, whatever the optimizer."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     info = dataset_info(spec.dataset, resolve_root(data_root))
-    builder = MODELS[spec.model.name]
+    builder = _plugin_builder(spec.model) if isinstance(spec.model, PluginModel) else MODELS[spec.model.name]
     n_out = output_size(spec.loss, info)
     params: Any = spec.model.params
     if isinstance(spec.model, PointModel) and params.start is None:

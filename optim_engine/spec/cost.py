@@ -26,7 +26,7 @@ from optim_engine.spec.datasets import (
 from optim_engine.spec.errors import FieldProblem
 from optim_engine.spec.job import JobSpec
 from optim_engine.spec.losses import BCEWithLogitsLoss, output_size
-from optim_engine.spec.models import CNNModel, MLPModel, PointModel
+from optim_engine.spec.models import CNNModel, MLPModel, PluginModel, PointModel, plugin_parameter_count
 
 FLOAT_BYTES = 4
 UNKNOWN_OPTIMIZER_STATE = 4
@@ -105,6 +105,8 @@ def parameter_count(spec: JobSpec, info: DatasetInfo) -> int:
         return total + width_in * n_out + n_out
     if isinstance(model, CNNModel):
         return sum(_cnn_counts(model.params, info, n_out))
+    if isinstance(model, PluginModel):
+        return plugin_parameter_count(model, info, n_out)
     return n_in * n_out + (n_out if model.params.bias else 0)
 
 
@@ -216,6 +218,8 @@ def _model_text(spec: JobSpec, info: DatasetInfo) -> str:
         shape = f"depth {model.params.depth} x width {model.params.width}"
     elif isinstance(model, CNNModel):
         shape = f"channels {model.params.channels}, hidden {model.params.hidden}"
+    elif isinstance(model, PluginModel):
+        shape = "a plugin's model"
     else:
         shape = "one layer"
     return f"{model.name} ({shape}, {info.n_features:,} in, {n_out:,} out)"
@@ -230,6 +234,8 @@ def _parameter_field(spec: JobSpec, info: DatasetInfo) -> tuple[str, ...]:
     if isinstance(model, CNNModel):
         conv, dense = _cnn_counts(model.params, info, output_size(spec.loss, info))
         return ("model", "params", "hidden" if dense >= conv else "channels")
+    if isinstance(model, PluginModel):
+        return ("model", "params")
     return _dataset_field(spec.dataset)
 
 

@@ -3,18 +3,22 @@
 Synthetic, scikit-learn and vision datasets have shapes known from the spec; a file dataset's
 shape is the file's, which only the host can read (``optim_engine.spec.host``). A 2-D function
 (``rosenbrock``, ...; ``optim_engine.spec.surfaces``) is no data at all: the function's value is
-the loss of a ``point`` model.
+the loss of a ``point`` model. An installed plugin's dataset (entry-point group
+``optimlab.datasets``, ``optim_engine.plugins``) has the shape its ``describe`` reads on the host;
+one that fails to load is recorded in ``DATASET_PLUGIN_ERRORS`` and refused at ``dataset``.
 """
 
 from __future__ import annotations
 
 import posixpath
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, create_model, field_validator
 
-from optim_engine.spec._base import NonNegative, StrictModel, Width
+from optim_engine.plugins import DatasetPlugin, discover
+from optim_engine.spec._base import NonNegative, StrictModel, Width, reject_known, variant_names
 from optim_engine.spec.errors import spec_error
+from optim_engine.spec.models import params_field
 
 Task = Literal["classification", "regression"]
 InfoTask = Literal["classification", "regression", "function"]
@@ -153,19 +157,74 @@ class QuadraticDataset(StrictModel):
 
 FunctionDataset = SurfaceDataset | QuadraticDataset
 
-DatasetSpec = Annotated[
-    Union[  # noqa: UP007
-        SyntheticRegressionDataset,
-        SyntheticClassificationDataset,
-        SklearnDataset,
-        NpzDataset,
-        CsvDataset,
-        VisionDataset,
-        SurfaceDataset,
-        QuadraticDataset,
-    ],
-    Field(discriminator="name"),
+
+class PluginDataset(_DatasetBase):
+    """The base of every plugin dataset variant: ``name`` is the plugin's, ``params`` its
+    ``params_model``; ``plugin`` is the ``DatasetPlugin`` it came from."""
+
+    if TYPE_CHECKING:  # fields every variant adds (see _plugin_variant)
+        name: str
+        params: Any  # the plugin's params_model
+
+    plugin: ClassVar[DatasetPlugin]
+
+    @property
+    def task(self) -> Task:
+        """The params' ``task`` when the plugin's params model has one, else the plugin's."""
+        task = getattr(self.params, "task", self.plugin.task)
+        return task if task == "regression" else "classification"
+
+
+def _plugin_variant(plugin: DatasetPlugin) -> type[PluginDataset]:
+    title = "".join(part.title() for part in plugin.name.split("_"))
+    variant = create_model(
+        f"{title}PluginDataset",
+        __base__=PluginDataset,
+        __doc__=plugin.description or f"The {plugin.name} dataset of an installed plugin.",
+        name=(Literal[plugin.name], Field(description="Registry key.")),  # type: ignore
+        params=(plugin.params_model, params_field(plugin.params_model)),
+    )
+    variant.plugin = plugin
+    return variant
+
+
+_BUILT_IN: list[type[StrictModel]] = [
+    SyntheticRegressionDataset,
+    SyntheticClassificationDataset,
+    SklearnDataset,
+    NpzDataset,
+    CsvDataset,
+    VisionDataset,
+    SurfaceDataset,
+    QuadraticDataset,
 ]
+DATASET_PLUGIN_GROUP = "optimlab.datasets"
+PLUGIN_DATASETS, DATASET_PLUGIN_ERRORS = discover(
+    DATASET_PLUGIN_GROUP, DatasetPlugin, {name for v in _BUILT_IN for name in variant_names(v)}, _plugin_variant
+)
+"""The variants of the plugins that loaded, and the entry points that failed (name -> why)."""
+_USABLE = {name for v in [*_BUILT_IN, *PLUGIN_DATASETS] for name in variant_names(v)}
+# A failed plugin whose entry point is named like a usable dataset does not shadow it.
+_UNUSABLE = {name: reason for name, reason in DATASET_PLUGIN_ERRORS.items() if name not in _USABLE}
+
+if TYPE_CHECKING:
+    DatasetSpec = (
+        SyntheticRegressionDataset
+        | SyntheticClassificationDataset
+        | SklearnDataset
+        | NpzDataset
+        | CsvDataset
+        | VisionDataset
+        | SurfaceDataset
+        | QuadraticDataset
+        | PluginDataset
+    )
+else:
+    DatasetSpec = Annotated[
+        Union[tuple(_BUILT_IN + PLUGIN_DATASETS)],  # noqa: UP007
+        Field(discriminator="name"),
+        reject_known(_UNUSABLE, "dataset"),
+    ]
 
 FileDataset = NpzDataset | CsvDataset
 
@@ -201,7 +260,8 @@ _VISION_INFO = {
 
 
 def static_info(dataset: Any) -> DatasetInfo | None:
-    """A dataset's task and shape as the spec alone states them; None for a file dataset."""
+    """A dataset's task and shape as the spec alone states them; None for a file or plugin
+    dataset (the host reads those: ``optim_engine.spec.host.dataset_info``)."""
     if isinstance(dataset, SyntheticRegressionDataset):
         p = dataset.params
         return DatasetInfo(task="regression", n_features=p.n_features, n_outputs=p.n_targets, n_samples=p.n_samples)
@@ -222,6 +282,9 @@ def static_info(dataset: Any) -> DatasetInfo | None:
 
 
 def dataset_task(dataset: Any) -> InfoTask:
-    """The task of a dataset, known from the spec for every kind (a file dataset declares it)."""
+    """The task of a dataset, known from the spec for every kind (a file dataset declares it, a
+    plugin dataset's plugin or params do)."""
+    if isinstance(dataset, PluginDataset):
+        return dataset.task
     info = static_info(dataset)
     return info.task if info is not None else dataset.params.task  # type: ignore[no-any-return]

@@ -4,8 +4,9 @@ The one place where whether a spec can train depends on the machine. ``host_prob
 called by the API at submission and by the worker before training; the engine's builders read
 file datasets' shapes through ``dataset_info``. Both inspect a file (``file_shape``: headers,
 row counts, the targets' range, under size caps) rather than load it; only the worker's
-builder loads one (``file_arrays``). (A plugin that failed to load is not here: a
-spec naming it cannot even be parsed, so validation rejects it; see ``PLUGIN_ERRORS``.)
+builder loads one (``file_arrays``). A plugin dataset's shape is what its ``describe`` reads
+here (``plugin_info``). (A plugin that failed to load is not here: a spec naming it cannot even
+be parsed, so validation rejects it; see ``PLUGIN_ERRORS`` and its model and dataset kin.)
 """
 
 from __future__ import annotations
@@ -15,9 +16,20 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from optim_engine import _data_files
+from optim_engine.plugins import DatasetShape
 from optim_engine.settings import get_settings
-from optim_engine.spec.datasets import CsvDataset, DatasetInfo, FileDataset, NpzDataset, VisionDataset, static_info
+from optim_engine.spec.datasets import (
+    CsvDataset,
+    DatasetInfo,
+    FileDataset,
+    NpzDataset,
+    PluginDataset,
+    VisionDataset,
+    static_info,
+)
 from optim_engine.spec.errors import FieldProblem
 from optim_engine.spec.job import JobSpec, cross_field_problems
 from optim_engine.spec.optimizers import PYTORCH_OPTIMIZER_EXTRA
@@ -89,14 +101,49 @@ def _class_count(shape: _data_files.FileShape, target: str) -> int:
     return max(int(labels.high) + 1, 2)
 
 
+def plugin_info(dataset: PluginDataset, root: Path) -> DatasetInfo:
+    """A plugin dataset's task and shape, as its ``describe`` reads them on this host.
+
+    Raises:
+        DataFileError: ``describe`` raised one (at its ``param``), or raised anything else or
+            returned no ``DatasetShape`` (at ``dataset``): third-party code never makes a 500.
+    """
+    try:
+        shape = dataset.plugin.describe(dataset.params, root)
+        if not isinstance(shape, DatasetShape):  # a dict of the same fields will do
+            shape = DatasetShape.model_validate(shape)
+    except _data_files.DataFileError:
+        raise
+    except ValidationError as exc:
+        message = f"the {dataset.name} plugin's describe gave no valid DatasetShape: {exc}"
+        raise _data_files.DataFileError(message, param="") from exc
+    except Exception as exc:  # third-party code: whatever it raises is the dataset's problem
+        message = f"the {dataset.name} plugin could not describe it: {type(exc).__name__}: {exc}"
+        raise _data_files.DataFileError(message, param="") from exc
+    dims = shape.input_shape
+    image = dims if len(dims) == 3 else (1, *dims) if len(dims) == 2 else None
+    return DatasetInfo(
+        task=dataset.task,
+        n_features=math.prod(dims),
+        n_outputs=shape.n_outputs,
+        n_samples=shape.n_samples,
+        image_shape=image,  # type: ignore[arg-type]
+    )
+
+
 def dataset_info(dataset: Any, root: Path | None = None) -> DatasetInfo:
-    """A dataset's task and shape; a file dataset's file is read (and cached) to find out.
+    """A dataset's task and shape; a file dataset's file is read (and cached) to find out, a
+    plugin dataset's ``describe`` is asked.
 
     Raises:
         DataFileError: the file is missing, outside the data root, unreadable or malformed.
     """
     info = static_info(dataset)
-    return info if info is not None else _file_info(dataset, resolve_root(root))
+    if info is not None:
+        return info
+    if isinstance(dataset, PluginDataset):
+        return plugin_info(dataset, resolve_root(root))
+    return _file_info(dataset, resolve_root(root))
 
 
 def extra_missing(extra: str | None) -> bool:
@@ -114,12 +161,13 @@ def _dataset_problems(spec: JobSpec, root: Path) -> list[FieldProblem]:
             can_download = get_settings().allow_download and importlib.util.find_spec("torchvision") is not None
             return [] if can_download else [(("dataset",), str(exc))]
         return []
-    if not isinstance(dataset, NpzDataset | CsvDataset):  # the spec states its shape
+    if not isinstance(dataset, NpzDataset | CsvDataset | PluginDataset):  # the spec states its shape
         return []
     try:
-        info = _file_info(dataset, root)
+        info = plugin_info(dataset, root) if isinstance(dataset, PluginDataset) else _file_info(dataset, root)
     except _data_files.DataFileError as exc:
-        return [(("dataset", "params", exc.param), str(exc))]
+        where = ("dataset", "params", exc.param) if exc.param else ("dataset",)
+        return [(where, str(exc))]
     return cross_field_problems(spec, info)
 
 
@@ -129,8 +177,9 @@ def host_problems(spec: JobSpec, data_root: Path | None = None) -> list[FieldPro
     Checks what validation cannot, because it depends on the machine: a file dataset's file
     (inside the data root, readable, well formed, under ``max_file_bytes``, class labels below
     ``max_outputs``; inspected, never loaded) and the rules that need its shape (model in/out
-    features, loss vs classes, early stopping's validation set); vision files (unless they can
-    be downloaded); the optimizer's extra. ``data_root`` None means the settings' data directory.
+    features, loss vs classes, early stopping's validation set); a plugin dataset's shape, as its
+    ``describe`` reads it, and the same rules; vision files (unless they can be downloaded); the
+    optimizer's extra. ``data_root`` None means the settings' data directory.
     """
     problems: list[FieldProblem] = []
     optimizer = spec.optimizer

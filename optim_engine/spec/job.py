@@ -19,6 +19,7 @@ from optim_engine.spec.datasets import (
     SURFACE_NAMES,
     DatasetInfo,
     DatasetSpec,
+    PluginDataset,
     QuadraticDataset,
     SurfaceDataset,
     SyntheticRegressionDataset,
@@ -28,7 +29,15 @@ from optim_engine.spec.datasets import (
 )
 from optim_engine.spec.errors import FieldProblem, problem_error
 from optim_engine.spec.losses import BCEWithLogitsLoss, LossSpec, MSELoss, output_size
-from optim_engine.spec.models import CNNModel, LinearModel, LogisticRegressionModel, ModelSpec, PointModel
+from optim_engine.spec.models import (
+    CNNModel,
+    LinearModel,
+    LogisticRegressionModel,
+    ModelSpec,
+    PluginModel,
+    PointModel,
+    plugin_model_problems,
+)
 from optim_engine.spec.optimizers import OptimizerSpec
 from optim_engine.spec.schedulers import SchedulerSpec
 
@@ -180,9 +189,13 @@ def _model_problems(spec: JobSpec, info: DatasetInfo | None) -> list[FieldProble
         if not function:
             return [(("model",), f"point needs a 2-D function dataset ({', '.join(SURFACE_NAMES)})")]
         return []
+    if isinstance(model, PluginModel):
+        return plugin_model_problems(model, info)
     if isinstance(model, CNNModel):
-        # A file dataset never has an image shape, so a cnn on one is wrong without reading it.
-        if info is None or info.image_shape is None:
+        # A file dataset never has an image shape, so a cnn on one is wrong without reading it;
+        # a plugin dataset's shape is its describe's, which the host check reads.
+        unread = info is None and isinstance(spec.dataset, PluginDataset)
+        if not unread and (info is None or info.image_shape is None):
             return [(("model",), "cnn needs an image dataset (digits, mnist, fashion_mnist, cifar10)")]
         return []
     if isinstance(model, LogisticRegressionModel) and dataset_task(spec.dataset) != "classification":

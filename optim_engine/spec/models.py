@@ -1,12 +1,18 @@
-"""Model variants: linear, logistic regression, MLP, a small CNN, and the point a 2-D function moves."""
+"""Model variants: linear, logistic regression, MLP, a small CNN, the point a 2-D function moves,
+and installed plugins' models (entry-point group ``optimlab.models``, ``optim_engine.plugins``).
+
+A plugin that fails to load never breaks an import: it is recorded in ``MODEL_PLUGIN_ERRORS``
+and every spec that names it is rejected at ``model`` with the reason.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, Field, create_model
 
-from optim_engine.spec._base import StrictModel, Width, as_tuple
+from optim_engine.plugins import ModelPlugin, discover
+from optim_engine.spec._base import StrictModel, Width, as_tuple, reject_known, variant_names
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "silu", "leaky_relu", "elu"]
 
@@ -92,7 +98,72 @@ class PointModel(StrictModel):
     params: PointParams = Field(default_factory=PointParams)
 
 
-ModelSpec = Annotated[
-    Union[LinearModel, LogisticRegressionModel, MLPModel, CNNModel, PointModel],  # noqa: UP007
-    Field(discriminator="name"),
-]
+class PluginModel(StrictModel):
+    """The base of every plugin model variant: ``name`` is the plugin's, ``params`` its
+    ``params_model``; ``plugin`` is the ``ModelPlugin`` it came from."""
+
+    if TYPE_CHECKING:  # fields every variant adds (see _plugin_variant)
+        name: str
+        params: Any  # the plugin's params_model
+
+    plugin: ClassVar[ModelPlugin]
+
+
+def params_field(params_model: type[BaseModel]) -> Any:
+    """A variant's ``params``: defaulted when the plugin's params all have defaults, else required."""
+    if any(field.is_required() for field in params_model.model_fields.values()):
+        return Field()
+    return Field(default_factory=params_model)
+
+
+def _plugin_variant(plugin: ModelPlugin) -> type[PluginModel]:
+    title = "".join(part.title() for part in plugin.name.split("_"))
+    variant = create_model(
+        f"{title}PluginModel",
+        __base__=PluginModel,
+        __doc__=plugin.description or f"The {plugin.name} model of an installed plugin.",
+        name=(Literal[plugin.name], Field(description="Registry key.")),  # type: ignore
+        params=(plugin.params_model, params_field(plugin.params_model)),
+    )
+    variant.plugin = plugin
+    return variant
+
+
+MODEL_PLUGIN_GROUP = "optimlab.models"
+_BUILT_IN: list[type[StrictModel]] = [LinearModel, LogisticRegressionModel, MLPModel, CNNModel, PointModel]
+PLUGIN_MODELS, MODEL_PLUGIN_ERRORS = discover(
+    MODEL_PLUGIN_GROUP, ModelPlugin, {name for v in _BUILT_IN for name in variant_names(v)}, _plugin_variant
+)
+"""The variants of the plugins that loaded, and the entry points that failed (name -> why)."""
+_USABLE = {name for v in [*_BUILT_IN, *PLUGIN_MODELS] for name in variant_names(v)}
+# A failed plugin whose entry point is named like a usable model does not shadow it.
+_UNUSABLE = {name: reason for name, reason in MODEL_PLUGIN_ERRORS.items() if name not in _USABLE}
+
+if TYPE_CHECKING:
+    ModelSpec = LinearModel | LogisticRegressionModel | MLPModel | CNNModel | PointModel | PluginModel
+else:
+    ModelSpec = Annotated[
+        Union[tuple(_BUILT_IN + PLUGIN_MODELS)],  # noqa: UP007
+        Field(discriminator="name"),
+        reject_known(_UNUSABLE, "model"),
+    ]
+
+
+def plugin_model_problems(model: PluginModel, info: Any) -> list[tuple[tuple[str, ...], str]]:
+    """What a plugin model declares it needs of the dataset (``info``: its ``DatasetInfo``, or
+    None while the host has not read it)."""
+    if model.plugin.needs_image and info is not None and info.image_shape is None:
+        return [(("model",), f"{model.name} needs an image dataset (one with an image shape, e.g. digits, mnist)")]
+    return []
+
+
+def plugin_parameter_count(model: PluginModel, info: Any, n_outputs: int) -> int:
+    """The plugin's own count of its model's parameters; 0 when it declares none (or its count
+    fails): then the server's parameter caps cannot hold it."""
+    count = model.plugin.parameter_count
+    if count is None:
+        return 0
+    try:
+        return max(int(count(model.params, info, n_outputs)), 0)
+    except Exception:  # third-party code: an unknown count, not a 500
+        return 0
