@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from optim_engine.results import EpochMetrics
 from optim_engine.spec import JobSpec, host_problems
+from optim_engine.spec.errors import error_details
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         spec = JobSpec.from_yaml(args.spec.read_text())  # YAML is a superset of JSON
-    except (OSError, ValidationError) as exc:
-        print(f"invalid spec {args.spec}: {exc}", file=sys.stderr)
+    except OSError as exc:
+        print(f"cannot read {args.spec}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # one line per error, at its JSON path, as the API names it
+        for detail in error_details(exc.errors()):
+            print(f"invalid spec {args.spec}: {'.'.join(map(str, detail['loc']))}: {detail['msg']}", file=sys.stderr)
         return 2
     problems = host_problems(spec)
     if problems:  # what this machine lacks: data files, an extra, a plugin

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from optim_engine.spec.errors import UNKNOWN, error_details
+
 
 class OptimlabError(Exception):
     """Base of the service's domain errors; ``code`` and ``status_code`` drive the HTTP response,
@@ -79,3 +81,20 @@ def field_error(loc: Sequence[str], msg: str, type_: str, *, field: str | None =
     msg = printable(msg)
     field = ".".join(part for part in loc if part != "body") if field is None else printable(field)
     return {"loc": loc, "field": field, **extra, "msg": msg, "type": type_}
+
+
+def validation_detail(errors: Sequence[Any], body_type: Any = UNKNOWN) -> list[dict[str, Any]]:
+    """A request's pydantic errors as 422 detail (``field_error`` each): a body error's location
+    is the JSON path inside ``body_type``, the route's body model (``spec.optimizer.lr``, never
+    the union tag pydantic inserts), with "did you mean" for an unknown name or field; a query,
+    path or header error keeps its location."""
+    detail = []
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if loc[:1] == ("body",):
+            (entry,) = error_details([{**error, "loc": loc[1:]}], body_type)
+            entry["loc"] = ["body", *entry["loc"]]
+        else:
+            (entry,) = error_details([error], UNKNOWN)
+        detail.append(field_error(entry["loc"], entry["msg"], entry["type"]))
+    return detail

@@ -58,7 +58,7 @@ def test_client_errors_carry_the_servers_detail(embedded: tuple[Api, Proc, float
         with pytest.raises(InvalidRequest) as invalid:
             client.submit(slow_spec(2) | {"optimizer": {"name": "sgd", "lr": -1}})
         assert invalid.value.status_code == 422
-        assert "spec.optimizer.sgd.lr" in str(invalid.value)
+        assert "spec.optimizer.lr" in str(invalid.value)
         with pytest.raises(NotFound):
             client.job(10_000)
         job = client.submit(slow_spec(2, n_samples=256))

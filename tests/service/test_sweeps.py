@@ -112,7 +112,7 @@ def test_an_invalid_combination_names_itself() -> None:
         expand(request)
     (problem,) = info.value.problems
     assert problem["combination"] == {"optimizer.name": "adam", "optimizer.params.momentum": 0.9}
-    assert problem["errors"][0]["field"] == "spec.optimizer.adam.params.momentum"
+    assert problem["errors"][0]["field"] == "spec.optimizer.params.momentum"
 
 
 # --- the API -----------------------------------------------------------------------------------
