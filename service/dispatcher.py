@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import broker
+from service import broker, metrics
 from service.db import outbox, transitions
 from service.search.controller import Controller
 from service.settings import Settings
@@ -98,18 +98,21 @@ class Dispatcher:
                     session.execute(text("SET LOCAL lock_timeout = '2s'"))
                 if self._database_down:  # reachable again: the outage ends now
                     self._database_down, self._outage_ended = False, time.monotonic()
-                count = 0
+                requeued: dict[str, int] = {}
                 if self._heartbeats_meaningful():
-                    count += transitions.requeue_stale(session, stale_after_s=settings.stale_after_s)
+                    stale = transitions.requeue_stale(session, stale_after_s=settings.stale_after_s)
+                    requeued["stale_heartbeat"] = stale
                 if settings.requeue_queued_after_s > 0:
-                    count += outbox.resend_stalled(session, after_s=settings.requeue_queued_after_s)
+                    stalled = outbox.resend_stalled(session, after_s=settings.requeue_queued_after_s)
+                    requeued["stalled_message"] = stalled
                 if lost_messages:
-                    lost = outbox.resend_queued(session)
+                    lost = requeued["lost_messages"] = outbox.resend_queued(session)
                     log.warning("the broker lost its messages; sending %s queued job(s) again", lost)
-                    count += lost
+                count = sum(requeued.values())
         except OperationalError:
             self._database_down = True
             raise
+        metrics.count_requeued(requeued)  # committed: counted once
         if lost_messages:
             broker.mark_messages_kept(settings)  # only once the resend committed
         if count:
@@ -141,7 +144,9 @@ class Dispatcher:
                     batch.extend(task.job_ids)
                 outbox.mark_sent(session, batch)
             sent += batch
+            metrics.JOBS_SENT.inc(len(batch))
             if failure is not None:
+                metrics.SEND_FAILURES.inc()
                 log.warning("broker unreachable (%s); %s job(s) wait to be sent", failure, len(tasks) - len(batch))
                 return sent
             if len(batch) < outbox.BATCH:

@@ -47,7 +47,8 @@ class Settings(EngineSettings):
         ge=0,
         description=(
             "Checkpoint after each epoch unless the last checkpoint is younger than this (0: every epoch). "
-            "A killed worker loses at most this much work; tiny models skip a checkpoint every few ms."
+            "A killed worker loses at most this much work; tiny models skip a checkpoint every few ms. A "
+            "stopped one (SIGTERM) checkpoints its last whole epoch regardless."
         ),
     )
     metrics_flush_s: float = Field(
@@ -144,11 +145,13 @@ class Settings(EngineSettings):
         gt=0,
         description=(
             "A running job stops within about this long, even inside a long epoch, once it is cancelled, its "
-            "worker shuts down (SIGTERM: its jobs go back to the queue and resume from their checkpoint) or "
-            "another attempt took it over. Workers read the jobs' flags every stop_within_s / 4 (a read; the "
-            "heartbeat write stays at heartbeat_interval_s), training polls them as often, and flags older "
-            "than stop_within_s / 2 are read again before a checkpoint is written. Keep it well under "
-            "stale_after_s."
+            "worker shuts down (SIGTERM, Ctrl-C of `optimlab up`: its jobs go back to the queue and resume from "
+            "a checkpoint of their last whole epoch) or another attempt took it over. An epoch that ends within "
+            "stop_within_s / 5 is finished first (epochs longer than that are checkpointed each, whatever "
+            "checkpoint_every_s says). Workers read the jobs' flags every stop_within_s / 4 (a read; the "
+            "heartbeat write stays at heartbeat_interval_s), training asks for them at least every 0.2 s, and "
+            "flags older than stop_within_s / 2 are read again before a checkpoint is written. Keep it well "
+            "under stale_after_s."
         ),
     )
     requeue_queued_after_s: float = Field(
@@ -160,6 +163,13 @@ class Settings(EngineSettings):
         ),
     )
     reaper_interval_s: float = Field(default=5.0, ge=0, description="How often the API checks for stale jobs (0: off).")
+    metrics_public: bool = Field(
+        default=False,
+        description=(
+            "With OPTIMLAB_AUTH=keys, serve GET /metrics without a key (counts only, no owner's data); "
+            "otherwise a scraper sends an admin key as its bearer token."
+        ),
+    )
     dispatch_interval_s: float = Field(
         default=1.0,
         ge=0,
