@@ -87,6 +87,7 @@ def train(
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
     should_prune: Callable[[EpochMetrics], bool] | None = None,
+    stop_grace_s: float = 0.0,
 ) -> TrainResult:
     """Train one spec and report every epoch.
 
@@ -97,7 +98,9 @@ def train(
         should_stop: polled before each epoch and, inside an epoch, at most every
             ``stop_poll_s`` seconds; True ends the run as ``cancelled``. An epoch it interrupts
             is dropped (neither reported nor checkpointed): the history ends at the last whole
-            epoch. It must be cheap: it may be called about every ``stop_poll_s``.
+            epoch. It must be cheap: it may be called about every ``stop_poll_s``. A run stopped
+            with ``checkpoint_dir`` leaves a checkpoint of its last whole epoch (whatever the
+            cadence), so a run handed back resumes exactly where it stopped.
         checkpoint_dir: when given, the run resumes from the checkpoint found there and writes
             one after every epoch.
         checkpoint_every_s: skip an epoch's checkpoint when the last one is younger than this
@@ -110,6 +113,9 @@ def train(
         should_prune: asked with each finished epoch's metrics (after ``on_epoch``) but the
             last, unless the epoch ended the run (diverged, early stopped); True ends it as
             ``pruned`` with that epoch its last (a search's pruner, from the other trials' curves).
+        stop_grace_s: a stop asked inside an epoch that will end within this long lets it end
+            and stops at its boundary (``StopPoll``); epochs longer than this are checkpointed
+            whatever ``checkpoint_every_s`` says (``CheckpointCadence``). 0: drop the epoch at once.
 
     Returns:
         A ``TrainResult``: outcome, per-epoch history (including epochs from before a resume),
@@ -120,8 +126,8 @@ def train(
     # fork_rng: a run neither depends on nor disturbs the caller's global RNG state.
     with _threads(threads), torch.random.fork_rng(devices=[]):
         directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
-        cadence = CheckpointCadence(checkpoint_every_s)
+        poll = StopPoll(should_stop, stop_poll_s, grace_s=stop_grace_s) if should_stop is not None else None
+        cadence = CheckpointCadence(checkpoint_every_s, long_epoch_s=stop_grace_s)
         return _run(spec, on_epoch, poll, directory, cadence, may_checkpoint, should_prune)
 
 
@@ -169,12 +175,25 @@ def _run(
     if state.stopped(spec.early_stopping):
         # Restored from the checkpoint of an epoch that had already stopped the run early.
         return TrainResult("early_stopped", state.history, environment, resumed_from_epoch=resumed_from)
-    halt = (lambda: poll.due() and poll.ask()) if poll is not None else None
+    saved = len(state.history)  # the epoch the checkpoint on disk holds
+
+    def save() -> None:
+        nonlocal saved
+        if checkpoint_dir is not None and saved < len(state.history):
+            cadence.mark()
+            parts = {"model": run.model, "optimizer": run.optimizer, "scheduler": run.scheduler}
+            _checkpoint.save(checkpoint_dir, spec_hash=spec_hash, state=state, may_write=may_checkpoint, **parts)
+            saved = len(state.history)
+
+    halt = (lambda: bool(poll.inside())) if poll is not None else None
     outcome: Outcome = "completed"
     for epoch in range(len(state.history) + 1, spec.epochs + 1):
-        stopped = poll is not None and poll.ask()
-        done = None if stopped else _epoch(spec, epoch, run, state.first_loss, halt)
-        if done is None:  # stopped before or inside the epoch; an interrupted epoch is dropped
+        if poll is not None and poll.boundary():
+            save()  # a boundary the cadence skipped: resume here, not from an older checkpoint
+            outcome = "cancelled"
+            break
+        done = _epoch(spec, epoch, run, state.first_loss, halt)
+        if done is None:  # stopped inside the epoch, which is dropped
             outcome = "cancelled"
             break
         metrics, state.first_loss = done
@@ -186,17 +205,8 @@ def _run(
             outcome = "pruned"  # final: no checkpoint to resume from is needed
             break
         # A diverged epoch is not checkpointed; an early-stopped one is, and then the run ends.
-        if verdict != "diverged" and checkpoint_dir is not None and cadence.due():
-            cadence.mark()
-            _checkpoint.save(
-                checkpoint_dir,
-                spec_hash=spec_hash,
-                model=run.model,
-                optimizer=run.optimizer,
-                scheduler=run.scheduler,
-                state=state,
-                may_write=may_checkpoint,
-            )
+        if verdict != "diverged" and cadence.due(metrics.epoch_seconds):
+            save()
         if verdict is not None:
             outcome = verdict
             break

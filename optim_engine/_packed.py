@@ -72,6 +72,7 @@ def train_packed(
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
     should_prune: Callable[[int, EpochMetrics], bool] | None = None,
+    stop_grace_s: float = 0.0,
 ) -> list[TrainResult]:
     """Train ``specs`` as one pack; each trial's results match the same spec run alone by
     ``train`` within float32 drift.
@@ -88,7 +89,8 @@ def train_packed(
             ``stop_poll_s`` seconds; returns the positions of trials to end as ``cancelled``.
             A trial stopped inside an epoch ends at once with the epochs before it (its rows
             finish the epoch unrecorded, then leave the pack); when every trial is stopped, the
-            epoch is abandoned and not checkpointed.
+            epoch is abandoned and not checkpointed. Trials stopped at an epoch boundary leave a
+            checkpoint of it (whatever the cadence), so a pack handed back resumes exactly there.
         checkpoint_dir: resume the pack from the checkpoint there and write one after epochs.
         checkpoint_every_s: skip a checkpoint when the last one is younger than this.
         num_threads: torch intra-op threads (default: ``OPTIMLAB_TORCH_THREADS``).
@@ -97,6 +99,8 @@ def train_packed(
         should_prune: asked with (trial position, metrics) for each live trial's finished epoch
             but the last, as ``train`` asks it; True ends that trial as ``pruned`` with the
             epoch, and its rows leave the pack: the others' results do not change by a bit.
+        stop_grace_s: as ``train``'s: a stop asked inside an epoch that will end within this
+            long waits for its boundary; longer epochs are always checkpointed.
 
     Returns:
         One ``TrainResult`` per spec, in the order given.
@@ -112,8 +116,8 @@ def train_packed(
     with _threads(threads), torch.random.fork_rng(devices=[]):
         pack = _Pack(parsed, names, Path(checkpoint_dir) if checkpoint_dir is not None else None)
         pack.on_finish, pack.may_checkpoint, pack.should_prune = on_finish, may_checkpoint, should_prune
-        pack.poll = StopPoll(should_stop, stop_poll_s) if should_stop is not None else None
-        return pack.run(on_epoch, checkpoint_every_s)
+        pack.poll = StopPoll(should_stop, stop_poll_s, grace_s=stop_grace_s) if should_stop is not None else None
+        return pack.run(on_epoch, CheckpointCadence(checkpoint_every_s, long_epoch_s=stop_grace_s))
 
 
 class _Pack:
@@ -139,6 +143,7 @@ class _Pack:
         self.poll: StopPoll[Collection[int]] | None = None
         self.may_checkpoint: Callable[[], bool] | None = None
         self.should_prune: Callable[[int, EpochMetrics], bool] | None = None
+        self.saved_step = -1  # the optimizer step the checkpoint on disk holds (``run`` sets it)
         self.spec_hashes = {key: spec.spec_hash() for key, spec in zip(keys, specs, strict=True)}
 
         trials = [self._trial(i, key, spec) for i, (key, spec) in enumerate(zip(keys, specs, strict=True))]
@@ -175,15 +180,17 @@ class _Pack:
 
     # -- the loop
 
-    def run(self, on_epoch: Callable[[int, EpochMetrics], None] | None, checkpoint_every_s: float) -> list[TrainResult]:
+    def run(
+        self, on_epoch: Callable[[int, EpochMetrics], None] | None, cadence: CheckpointCadence
+    ) -> list[TrainResult]:
         for trial in self.trials:  # restored from a checkpoint in which they had already ended
             if trial.outcome is not None and self.on_finish is not None:
                 self.on_finish(trial.index, self._result(trial))
-        cadence = CheckpointCadence(checkpoint_every_s)
+        self.saved_step = self.step  # what the checkpoint on disk holds
         epoch = self.epochs_done + 1
         while self.rows and epoch <= self.epochs:
             if self.poll is not None:
-                self._stop(self.poll.ask())
+                self._stop_at_boundary(self.poll.boundary(), cadence)
             self._drop_ended()
             if not self.rows:
                 break
@@ -222,9 +229,8 @@ class _Pack:
                 stopped_early.append(trial)  # it ends after the checkpoint, as in ``train``
             elif prune is not None and prune(trial.index, m):
                 self._end(trial, "pruned")
-        if self.checkpoint_dir is not None and cadence.due():
-            cadence.mark()
-            self._save()
+        if self.checkpoint_dir is not None and cadence.due(metrics[0].epoch_seconds):
+            self._save(cadence)
         for trial in stopped_early:
             self._end(trial, "early_stopped")
 
@@ -239,12 +245,25 @@ class _Pack:
             if trial.outcome is None and trial.index in positions:
                 self._end(trial, "cancelled")
 
+    def _stop_at_boundary(self, positions: Collection[int], cadence: CheckpointCadence) -> None:
+        """End the live trials at ``positions`` between two epochs, after a checkpoint of this
+        boundary with them still live (unless the last one holds it): a pack handed back resumes
+        here, not from an older checkpoint, and not with its trials ended as cancelled."""
+        if not any(t.outcome is None and t.index in positions for t in self.rows):
+            return
+        if self.checkpoint_dir is not None and self.saved_step != self.step:
+            self._save(cadence)
+        self._stop(positions)
+
     def _interrupted(self) -> bool:
-        """Asked inside an epoch when ``poll`` is due: end the trials stopped now, and say
-        whether none is left to finish the epoch. The rows of trials ended here go on to the
+        """Asked every step inside an epoch: end the trials stopped now (``StopPoll.inside``), and
+        say whether none is left to finish the epoch. The rows of trials ended here go on to the
         epoch's end unrecorded: taking rows out mid-epoch would re-slice every step's columns."""
         assert self.poll is not None
-        self._stop(set(self.poll.ask()))
+        positions = self.poll.inside()
+        if positions is None:
+            return False
+        self._stop(set(positions))
         return all(t.outcome is not None for t in self.rows)
 
     @property
@@ -323,7 +342,7 @@ class _Pack:
         norms = torch.zeros(n_trials, device=device)
         first = None
         for step, start in enumerate(range(0, n, self.batch_size)):
-            if poll is not None and poll.due() and self._interrupted():
+            if poll is not None and self._interrupted():
                 return None
             index = orders[:, start : start + self.batch_size]
             batch = index.shape[1]
@@ -378,7 +397,7 @@ class _Pack:
         total = torch.zeros(n_trials, device=self.device)
         correct = torch.zeros(n_trials, device=self.device, dtype=torch.long)
         for start in range(0, n, EVAL_CHUNK):
-            if self.poll is not None and self.poll.due() and self._interrupted():
+            if self.poll is not None and self._interrupted():
                 return None
             xb, yb = self.x_val[start : start + EVAL_CHUNK], data.y_val[start : start + EVAL_CHUNK]
             batch = xb.shape[0]
@@ -404,8 +423,10 @@ class _Pack:
             resumed_from_epoch=trial.resumed_from,
         )
 
-    def _save(self) -> None:
+    def _save(self, cadence: CheckpointCadence) -> None:
         assert self.checkpoint_dir is not None
+        cadence.mark()
+        self.saved_step = self.step
         payload = {
             "step": self.step,
             "rows": [t.key for t in self.rows],

@@ -69,15 +69,22 @@ def diverged(metrics: EpochMetrics, first_loss: float | None, max_ratio: float) 
 class CheckpointCadence:
     """When a loop writes its next checkpoint: after an epoch, unless the last one (or the start of
     the run) is younger than ``every_s``. That bounds the work a crash loses without writing a
-    checkpoint every few milliseconds for tiny models."""
+    checkpoint every few milliseconds for tiny models.
 
-    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    With ``long_epoch_s`` (a run's stop grace, ``StopPoll``), an epoch longer than that is always
+    checkpointed: a stop inside the next one (as long) abandons it rather than wait, and the run
+    must then resume from this boundary, not from an older checkpoint."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic, long_epoch_s: float = 0.0) -> None:
         self.every_s = every_s
+        self.long_epoch_s = long_epoch_s
         self._clock = clock
         self._last = clock()
 
-    def due(self) -> bool:
-        """Whether a checkpoint is due now."""
+    def due(self, epoch_s: float = 0.0) -> bool:
+        """Whether a checkpoint is due now, after an epoch of ``epoch_s`` seconds."""
+        if self.long_epoch_s > 0 and epoch_s > self.long_epoch_s:
+            return True
         return self._clock() - self._last >= self.every_s
 
     def mark(self) -> None:
@@ -93,23 +100,67 @@ class StopPoll(Generic[T]):
     ``stride`` steps, a stride fitted to the measured step time so that it is read about eight
     times per ``every_s`` (at most doubling per read, so one fast read cannot overshoot, and at
     most ``MAX_STRIDE``). A stop is seen at most ``every_s`` plus an eighth of it late.
+
+    ``grace_s`` makes the epoch's end a safe point worth waiting for: a stop asked inside an epoch
+    that will end within ``grace_s`` of the first ask that wanted it (judged from the last epoch's
+    length, boundary to boundary) lets the epoch end, and the loop stops at that boundary with
+    its whole epoch (reported and checkpointed), instead of dropping the work done since the last
+    checkpoint. An epoch that would take longer, the run's first, or one that overruns the
+    estimate past the grace is abandoned as without it (``grace_s`` 0: always).
     """
 
     MAX_STRIDE = 1024
 
     def __init__(
-        self, should_stop: Callable[[], T], every_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        should_stop: Callable[[], T],
+        every_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        grace_s: float = 0.0,
     ) -> None:
         self.every_s = every_s
+        self.grace_s = grace_s
         self._should_stop = should_stop
         self._clock = clock
         self._stride = self._left = 1
         self._read_at = self._asked_at = clock()
+        self._epoch_started: float | None = None
+        self._epoch_s: float | None = None  # the last epoch's length, boundary to boundary
+        self._deadline: float | None = None  # set by the first ask inside an epoch that wanted a stop
 
     def ask(self) -> T:
         """Ask ``should_stop`` now (at an epoch boundary, or when ``due``)."""
         self._asked_at = self._clock()
         return self._should_stop()
+
+    def boundary(self) -> T:
+        """Ask ``should_stop`` at an epoch boundary, which starts the next epoch's clock."""
+        answer = self.ask()
+        now = self._asked_at
+        if self._epoch_started is not None:
+            self._epoch_s = now - self._epoch_started
+        self._epoch_started, self._deadline = now, None
+        return answer
+
+    def inside(self) -> T | None:
+        """Called once per step (or evaluation chunk) inside an epoch: ``should_stop``'s answer
+        when it is due, wants a stop, and the epoch cannot end within the grace; else None (go on)."""
+        if not self.due():
+            return None
+        answer = self.ask()
+        if not answer:
+            return None
+        now = self._asked_at
+        if self._deadline is None:
+            self._deadline = now + self.grace_s
+        expected_end = (
+            self._epoch_started + self._epoch_s
+            if self._epoch_started is not None and self._epoch_s is not None
+            else math.inf
+        )
+        if self.grace_s > 0 and now <= self._deadline and expected_end <= self._deadline:
+            return None  # the epoch ends soon: stop at its boundary (``boundary`` asks again)
+        return answer
 
     def due(self) -> bool:
         """Whether the loop should ``ask`` now; called once per step (or per evaluation chunk)."""

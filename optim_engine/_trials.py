@@ -28,12 +28,14 @@ def train(
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
     should_prune: Callable[[EpochMetrics], bool] | None = None,
+    stop_grace_s: float = 0.0,
 ) -> TrainResult:
     """Train one spec alone, with the loop that fits it: an LR range test's (``lr_range_test``),
     a 2-D function's (``point`` model), else the plain loop; the arguments are each loop's
     (``optim_engine._loop.train`` documents them). A range test reports no epochs and keeps no
     checkpoint; every result may carry ``artifacts``. Only the plain loop prunes
-    (``should_prune``): a range test has no epochs, a 2-D function's run is one."""
+    (``should_prune``) and waits for an epoch's end to stop (``stop_grace_s``): a range test has
+    no epochs, a 2-D function's run is one."""
     spec = spec if isinstance(spec, JobSpec) else JobSpec.model_validate(spec)
     loop: Callable[..., TrainResult]
     if spec.lr_range_test is not None:
@@ -41,7 +43,7 @@ def train(
     elif isinstance(spec.model, PointModel):
         loop = train_surface
     else:
-        loop = partial(_loop.train, should_prune=should_prune)
+        loop = partial(_loop.train, should_prune=should_prune, stop_grace_s=stop_grace_s)
     return loop(
         spec,
         on_epoch=on_epoch,
@@ -68,6 +70,7 @@ def train_trials(
     stop_poll_s: float = STOP_POLL_S,
     may_checkpoint: Callable[[], bool] | None = None,
     should_prune: Callable[[int, EpochMetrics], bool] | None = None,
+    stop_grace_s: float = 0.0,
 ) -> list[TrainResult]:
     """Train ``specs``, each as its own trial, with the loop that fits: the choice is made here only.
 
@@ -88,7 +91,7 @@ def train_trials(
             their last whole epoch (a partial one is neither reported nor checkpointed).
         checkpoint_dir: resume from the checkpoint there (``checkpoint.pt``, or ``pack.pt`` for a
             pack) and write one after epochs.
-        checkpoint_every_s, num_threads, stop_poll_s, may_checkpoint: as ``train``'s.
+        checkpoint_every_s, num_threads, stop_poll_s, may_checkpoint, stop_grace_s: as ``train``'s.
         should_prune: asked with (trial position, metrics) after each epoch but the last; True
             ends that trial as ``pruned``.
 
@@ -102,6 +105,7 @@ def train_trials(
     hooks["should_prune"] = should_prune
     control: dict[str, Any] = {"checkpoint_dir": checkpoint_dir, "checkpoint_every_s": checkpoint_every_s}
     control |= {"num_threads": num_threads, "stop_poll_s": stop_poll_s, "may_checkpoint": may_checkpoint}
+    control |= {"stop_grace_s": stop_grace_s}
     if packed or (packed is None and len(specs) > 1):
         return train_packed(specs, keys=keys, **hooks, **control)
     if len(specs) != 1:

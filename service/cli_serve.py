@@ -3,16 +3,19 @@ commands are in ``service/cli.py``, which registers these)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -105,12 +108,29 @@ def worker(
 
         warm_up_before_start("cuda" if gpu_ids else None)  # torch, the engine, the datasets: not the first job
     celery_app.worker_main(argv)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    """End a process whose work is done (a worker: Celery's shutdown complete, its jobs finished
+    or handed back and their messages acknowledged) without the interpreter's teardown: with
+    torch loaded, a worker's final garbage collection took 1-2 s, most of what a stopped
+    ``optimlab up`` waited for."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def up(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=0, help="Worker processes to start.")] = 1,
+    gpus: Annotated[
+        str,
+        typer.Option(help="'none', 'auto' (nvidia-smi) or GPU ids like '0,1': worker i gets the i-th, round robin."),
+    ] = "none",
     log_level: str = "info",
 ) -> None:
     """Everything on one machine: migrations, the API and worker processes, no servers to install.
@@ -118,8 +138,6 @@ def up(
     State (SQLite database, broker folders, checkpoints) lives in OPTIMLAB_HOME (default ./.optimlab).
     With OPTIMLAB_AUTH=none (the default) it serves loopback only: anyone on this machine may use it.
     """
-    import uvicorn
-
     from service.app import create_app
     from service.db.migrate import upgrade
 
@@ -132,42 +150,84 @@ def up(
         console.print("[yellow]OPTIMLAB_AUTH=none[/]: the API is open to anyone on this machine (loopback only)")
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url())
-    pool = _WorkerPool(workers, log_level)
+    pool = _WorkerPool(workers, log_level, _detect_gpus(gpus))
     pool.start()
     console.print(
         f"optimlab: API on [bold]http://{host}:{port}[/] (docs at /docs), {workers} worker(s), "
         f"state in {settings.home.resolve()}"
     )
-    # uvicorn re-raises SIGTERM after its graceful shutdown; turn that into a normal exit so the
-    # workers are stopped below instead of orphaned.
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signalled = False
     try:
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+        signalled = _serve(create_app(settings), host, port, log_level, pool)
     finally:
-        pool.stop()
+        # The API is down; a Ctrl-C from here on kills the workers still handing jobs back.
+        signal.signal(signal.SIGINT, pool.force)
+        signal.signal(signal.SIGTERM, pool.force)
+        pool.stop(settings.stop_within_s + 2)
+        _report(settings.resolved_database_url(), pool)
+    if signalled:  # all is done and said: skip the teardown of the API's modules (~0.6 s measured)
+        _exit_now(130 if pool.forced else 0)
+    if pool.forced:
+        raise typer.Exit(130)
 
 
-def _exit_on_signal(signum: int, _frame: object) -> None:
-    raise SystemExit(0)
+SERVE_GRACE_S = 1
+"""How long ``up``'s API waits for open requests (a long-poll may hold one for many seconds) once
+asked to stop: it stops while its workers hand their jobs back, and both fit ``up``'s 3 s exit."""
+
+
+def _serve(app: Any, host: str, port: int, log_level: str, pool: _WorkerPool) -> bool:
+    """Serve the API until Ctrl-C or SIGTERM, which also tells the workers to hand their jobs
+    back at once, not after the API's own shutdown; a second Ctrl-C kills them. Returns whether
+    a signal stopped it.
+
+    uvicorn records a signal it handled and raises it again once it has shut down (a Ctrl-C
+    would end ``up`` with a KeyboardInterrupt); here the signal is the request to stop, and
+    ``up`` goes on to stop its workers and exit normally, so nothing is recorded."""
+    import uvicorn
+
+    signals: list[int] = []
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            signals.append(sig)
+            if self.should_exit:  # a second Ctrl-C: no more waiting
+                pool.force()
+                self.force_exit = True
+            else:
+                pool.ask_to_stop()
+                self.should_exit = True
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=SERVE_GRACE_S)
+    Server(config).run()
+    return bool(signals)
 
 
 class _WorkerPool:
     """Worker subprocesses for ``optimlab up``, restarted if one dies."""
 
-    def __init__(self, count: int, log_level: str) -> None:
+    def __init__(self, count: int, log_level: str, gpu_ids: list[str] | None = None) -> None:
         self._count = count
         self._log_level = log_level
+        self._gpu_ids = gpu_ids or []  # worker i is pinned to GPU i (round robin); none: CPU workers
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._pids: list[int] = []  # every worker started, restarted ones included
+        self._signalled: set[tuple[int, int]] = set()
         self._stopping = threading.Event()
+        self.stop_asked: dt.datetime | None = None
+        self.forced = False
         self._watch = threading.Thread(target=self._supervise, name="optimlab-workers", daemon=True)
 
     def _spawn(self, index: int) -> subprocess.Popen[bytes]:
         # solo pool, no remote control: nothing here uses them, and the filesystem broker's
         # control channel and pool teardown make a stop take several seconds longer.
-        command = [sys.executable, "-m", "service.cli", "worker", "--queues", "gpu,cpu", "--gpus", "none"]
+        gpu = self._gpu_ids[index % len(self._gpu_ids)] if self._gpu_ids else "none"
+        command = [sys.executable, "-m", "service.cli", "worker", "--queues", "gpu,cpu", "--gpus", gpu]
         command += ["--pool", "solo", "--no-remote-control"]
         command += ["--name", f"embedded{index}@%h", "--log-level", self._log_level]
-        return subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: S603 (fixed argv)
+        proc = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)  # noqa: S603 (fixed argv)
+        self._pids.append(proc.pid)
+        return proc
 
     def start(self) -> None:
         self._procs = [self._spawn(i) for i in range(self._count)]
@@ -180,19 +240,89 @@ class _WorkerPool:
                     console.print(f"worker {i} exited with {proc.returncode}; restarting it")
                     self._procs[i] = self._spawn(i)
 
-    def stop(self, grace_s: float = 10.0) -> None:
-        """Warm shutdown (a running job finishes its epoch loop or is requeued on the next start)."""
+    def ask_to_stop(self) -> None:
+        """Ask every worker to hand its jobs back and exit (SIGTERM: Celery's warm shutdown, which
+        ``workers.shutdown`` turns into a stop at the next safe point). Returns at once: a signal
+        handler calls it."""
+        if self.stop_asked is None:
+            self.stop_asked = dt.datetime.now(dt.UTC)
         self._stopping.set()
-        for proc in self._procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
+
+    def force(self, *_: object) -> None:
+        """Kill every worker now (a second Ctrl-C): their running jobs stay ``running`` until their
+        heartbeat goes stale after the next start (``OPTIMLAB_STALE_AFTER_S``)."""
+        self.forced = True
+        self._stopping.set()
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        for proc in list(self._procs):
+            if proc.poll() is None and (proc.pid, sig) not in self._signalled:
+                self._signalled.add((proc.pid, sig))
+                with contextlib.suppress(ProcessLookupError):  # it exited just now
+                    os.killpg(proc.pid, sig)
+
+    def stop(self, grace_s: float) -> None:
+        """Ask the workers to stop (unless asked already) and wait for them; kill any still there
+        after ``grace_s`` (stuck: a healthy one hands back within ``OPTIMLAB_STOP_WITHIN_S``)."""
+        self.ask_to_stop()
+        self._watch.join(2.0)  # it restarts no worker once stopping; then the list is final
+        self._signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for proc in self._procs:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                self.force()
                 proc.wait()
+
+    def worker_names(self) -> set[str]:
+        """The names jobs record for the workers this pool started (``workers.run.worker_name``)."""
+        return {f"{socket.gethostname()}:{pid}" for pid in self._pids}
+
+
+REPORTED_JOBS = 10
+"""How many handed-back jobs ``up`` names one by one when it stops; the rest are counted."""
+
+
+def _report(database_url: str, pool: _WorkerPool) -> None:
+    """Say what became of the jobs the workers ran when ``up`` was asked to stop: handed back
+    (queued and unsent, so the next start sends them at once and they resume from the checkpoint
+    of the epoch they stopped at), or left running by killed workers (requeued once their
+    heartbeat is older than ``OPTIMLAB_STALE_AFTER_S``, after the next start)."""
+    if pool.stop_asked is None:
+        return
+    from sqlalchemy import select
+
+    from service.db.models import Job, JobStatus
+    from service.db.session import make_engine
+
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            back = connection.execute(
+                select(Job.id, Job.epochs_done, Job.spec)
+                .where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None), Job.attempt > 0)
+                .where(Job.heartbeat_at >= pool.stop_asked)  # a release writes the heartbeat too
+                .order_by(Job.id)
+            ).all()
+            left = connection.scalars(
+                select(Job.id).where(Job.status == JobStatus.running, Job.worker.in_(pool.worker_names()))
+            ).all()
+    except Exception as exc:  # the report must not turn a clean stop into a traceback
+        console.print(f"could not read what the workers handed back: {exc}")
+        return
+    finally:
+        engine.dispose()
+    for job_id, epochs_done, spec in back[:REPORTED_JOBS]:
+        total = spec.get("epochs", "?") if isinstance(spec, dict) else "?"
+        console.print(f"handed back job {job_id} at epoch {epochs_done}/{total}; it resumes on the next start")
+    if len(back) > REPORTED_JOBS:
+        console.print(f"handed back {len(back) - REPORTED_JOBS} more job(s); they resume on the next start")
+    if left:
+        ids = ", ".join(str(job_id) for job_id in left)
+        console.print(f"job(s) {ids} left running by killed workers: requeued after the next start, once stale")
 
 
 def _die_with_parent() -> None:

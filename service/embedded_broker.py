@@ -38,5 +38,13 @@ class Channel(filesystem.Channel):
 class Transport(filesystem.Transport):
     Channel = Channel
 
+    DRAIN_S = 0.25
+    """The longest one ``drain_events`` waits for a message. Celery's loop for transports without
+    async support (every solo worker here) checks for a shutdown only between two calls, and asks
+    for 2 s each: an idle ``optimlab up`` worker took that long to see its SIGTERM."""
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]  # kombu's two bases disagree
+        super().drain_events(connection, timeout=self.DRAIN_S if timeout is None else min(timeout, self.DRAIN_S))
+
 
 TRANSPORT_ALIASES.setdefault(SCHEME, f"{__name__}:Transport")

@@ -34,6 +34,11 @@ from workers.writer import OUTCOME_STATUS, RELEASED, Attempts, Writer, finish_de
 
 log = logging.getLogger("optimlab.worker")
 
+STOP_POLL_S = 0.2
+"""How often training asks whether to stop (at most; ``OPTIMLAB_STOP_WITHIN_S / 4`` when less):
+the answer is a memory read (``Attempts.stopping``: the shutdown flag, the flags the heartbeat
+thread keeps fresh), so asking often costs nothing and a shutdown is seen within this long."""
+
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -145,6 +150,7 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
     def on_finish(i: int, result: Any) -> None:
         job_id = job_ids[i]
         if result.outcome == "cancelled" and shutdown.requested() and not attempts.jobs[job_id].cancel_requested:
+            log.info("job %s: handing back at epoch %s/%s", job_id, len(result.history), specs[i].epochs)
             writer.hand_back(job_id, **finish_details(result))
         else:
             writer.finish(job_id, OUTCOME_STATUS[result.outcome], **finish_details(result))
@@ -163,7 +169,8 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
             checkpoint_dir=ckpt,
             checkpoint_every_s=settings.checkpoint_every_s,
             num_threads=settings.torch_threads,
-            stop_poll_s=settings.stop_within_s / 4,
+            stop_poll_s=min(settings.stop_within_s / 4, STOP_POLL_S),
+            stop_grace_s=settings.stop_within_s / 5,  # a stop waits that long for the epoch's end
             may_checkpoint=attempts.may_checkpoint,
         )
     except Exception as exc:

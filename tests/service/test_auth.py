@@ -322,6 +322,7 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, An
     """``uvicorn.run`` recorded instead of serving; the CLI's state in a temporary home."""
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server, *_: calls.append({"host": server.config.host}))  # up
     monkeypatch.setattr(signal, "signal", lambda *_: None)  # `up` would replace pytest's SIGTERM handler
     monkeypatch.setenv("OPTIMLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OPTIMLAB_REQUEUE_QUEUED_AFTER_S", "0")  # `up` sets a default; restored after

@@ -124,8 +124,8 @@ def test_a_killed_pack_resumes_from_its_checkpoint(
     ids = create_pack(sessions, SPECS)
     save = _packed._Pack._save
 
-    def dies_after_checkpoint_3(pack: Any) -> None:
-        save(pack)
+    def dies_after_checkpoint_3(pack: Any, *args: Any) -> None:
+        save(pack, *args)
         if pack.rows[0].state.history[-1].epoch == 3:
             raise SystemExit("worker killed")  # not an Exception: nothing more is written, like SIGKILL
 
