@@ -1,107 +1,66 @@
-"""The ``optimlab`` command: run the service (embedded or as separate API and worker processes)."""
+"""The ``optimlab`` command: the client commands (jobs here; sweeps in ``cli_sweep`` and
+``cli_sweeps``; files in ``cli_export``; ``analyze`` and ``keys``) and, loaded only when one of
+them runs, the commands that run the service (``service/cli_serve.py`` through ``cli_lazy``).
+
+Results go to stdout, progress and messages to stderr; the exit codes are ``cli_common``'s.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 
 from service.cli_analysis import analysis_app
+from service.cli_common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_UNAVAILABLE,
+    EXIT_UNSUCCESSFUL,
+    EXIT_USAGE,
+    SWEEP_KEYS,
+    KeyOption,
+    UrlOption,
+    connected,
+    console,
+    fail,
+    finished_ok,
+    load,
+    result,
+)
+from service.cli_export import export, plot
 from service.cli_keys import keys_app
-from service.cli_serve import api, db_app, up, worker
+from service.cli_lazy import LazyServeGroup
 from service.cli_sweep import sweep
+from service.cli_sweeps import leaderboard, sweeps_app
+from service.cli_tables import Column, print_table
 
-app = typer.Typer(help="optimlab: optimizer experiments as a service.", no_args_is_help=True, add_completion=False)
+__all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_UNAVAILABLE", "EXIT_UNSUCCESSFUL", "EXIT_USAGE", "app"]
+
+app = typer.Typer(
+    cls=LazyServeGroup,
+    help="optimlab: optimizer experiments as a service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 jobs_app = typer.Typer(help="List and inspect jobs.", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-app.add_typer(jobs_app, name="jobs")
-app.add_typer(keys_app, name="keys")
-app.add_typer(analysis_app, name="analyze")
-app.command()(up)  # service/cli_serve.py: the commands that run the service
-app.command()(api)
-app.command()(worker)
-console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 240)  # piped output: no wrapping at 80 columns
 
-# Exit codes scripts can rely on.
-EXIT_OK = 0
-EXIT_REJECTED = 1  # the server refused the request (4xx): bad spec, unknown id, illegal transition
-EXIT_USAGE = 2  # bad command line (typer's own)
-EXIT_UNSUCCESSFUL = 3  # --wait: a job failed or was cancelled
-EXIT_UNAVAILABLE = 4  # server, database or broker unreachable
-
-UrlOption = Annotated[
-    str | None, typer.Option("--url", envvar="OPTIMLAB_URL", help="Server (default http://127.0.0.1:8000).")
+JOB_COLUMNS: list[Column | str] = [
+    "id",
+    "status",
+    "sweep",
+    "configuration",
+    "seed",
+    "epochs",
+    Column("best loss", "best_loss"),
+    Column("final val", "final_val_loss"),
+    Column("cached from", "cached_from", drop=2),
+    Column("tags", drop=1),
 ]
-KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="OPTIMLAB_API_KEY", help="Bearer key.")]
-
-# --- client commands ---------------------------------------------------------------------------
-
-
-@contextmanager
-def _client(url: str | None, api_key: str | None) -> Iterator[Any]:
-    """A client whose errors become a message and an exit code, not a traceback."""
-    from service.client import Client, OptimlabError, Unavailable
-
-    try:
-        with Client(url, api_key=api_key) as client:
-            yield client
-    except Unavailable as exc:
-        console.print(f"[red]unavailable[/]: {exc}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
-    except OptimlabError as exc:
-        console.print(f"[red]{exc.error}[/] ({exc.status_code}): {_detail_lines(exc.detail)}")
-        raise typer.Exit(EXIT_REJECTED) from None
-
-
-def _detail_lines(detail: Any) -> str:
-    if isinstance(detail, list):
-        return "\n  " + "\n  ".join(
-            f"{d.get('field') or 'body'}: {d.get('msg')}" for d in detail if isinstance(d, dict)
-        )
-    return str(detail)
-
-
-def _load(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        console.print(f"[red]cannot read {path}[/]: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
-    if not isinstance(data, dict):
-        console.print(f"[red]{path}[/]: expected a mapping at the top level")
-        raise typer.Exit(EXIT_USAGE)
-    return data
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    out.print(table)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.5g}"
-    return str(value)
-
-
-def _finished_ok(statuses: list[str]) -> int:
-    return EXIT_UNSUCCESSFUL if any(s in ("failed", "cancelled") for s in statuses) else EXIT_OK
 
 
 @app.command()
@@ -109,24 +68,59 @@ def submit(
     spec: Annotated[Path, typer.Argument(help="A job spec, YAML or JSON.")],
     tag: Annotated[list[str] | None, typer.Option(help="Tag (repeatable).")] = None,
     name: Annotated[str | None, typer.Option(help="Display name.")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the job to finish, with a progress bar.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish (a progress bar on stderr).")] = False,
     cache: Annotated[bool, typer.Option(help="Reuse an identical earlier run of yours (--no-cache: train).")] = True,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """Queue one job. Prints its id (stdout); with --wait, exits 3 if it failed or was cancelled."""
-    with _client(url, api_key) as client:
-        job = client.submit(_load(spec), tags=tag or [], name=name, cache=cache)
+    """Queue one job and print its id, alone on stdout.
+
+    `id=$(optimlab submit job.yaml --wait)` captures the id only: the progress bar and messages
+    go to stderr. With --wait, exit 3 if the job failed or was cancelled."""
+    body = load(spec)
+    if SWEEP_KEYS & body.keys():  # the server would list pydantic errors about each sweep key
+        raise fail(
+            f"[red]{escape(str(spec))}[/]: this is a sweep file: use `optimlab sweep {escape(str(spec))}`", EXIT_USAGE
+        )
+    with connected(url, api_key) as client:
+        job = client.submit(body, tags=tag or [], name=name, cache=cache)
         served = f" from the result cache (job {job['cached_from']})" if job.get("cached_from") else ""
         console.print(f"job {job['id']} {job['status']} on queue {job['queue']}{served}")
-        if wait:
-            job = client.wait(job)
-            console.print(f"job {job['id']} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
-        out.print(job["id"])
-    raise typer.Exit(_finished_ok([job["status"]]) if wait else EXIT_OK)
+        result(job["id"])
+        if not wait:
+            return
+        job = client.wait(job)
+    console.print(f"job {job['id']} {job['status']}" + (f": {escape(job['error'])}" if job["error"] else ""))
+    raise typer.Exit(finished_ok([job["status"]]))
 
 
 app.command()(sweep)  # service/cli_sweep.py: grid, random and adaptive sweeps
+
+
+@app.command("wait")
+def wait_for(
+    target_id: Annotated[int, typer.Argument(metavar="ID", help="A job id (with --sweep: a sweep id).")],
+    sweep_: Annotated[bool, typer.Option("--sweep", help="ID is a sweep: wait for all its jobs.")] = False,
+    progress: Annotated[bool, typer.Option(help="A progress bar on stderr.")] = True,
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Wait for a job (--sweep: a sweep) to finish; exit 3 if one failed.
+
+    Long-polls, so it returns as soon as the last job ends. Prints the job's final status (a
+    sweep's jobs per status) on stdout; exits 0 when it succeeded, 3 when a job failed or was
+    cancelled (diverged and pruned runs are results: 0)."""
+    with connected(url, api_key) as client:
+        target: int | dict[str, Any] = client.get_sweep(target_id) if sweep_ else target_id
+        done = client.wait(target, progress=progress)
+    if sweep_:
+        statuses = [status for status, n in done["counts"].items() if n]
+        result(", ".join(f"{done['counts'][s]} {s}" for s in statuses) or "no jobs")
+        raise typer.Exit(finished_ok(statuses))
+    if done.get("error"):
+        console.print(f"job {target_id} {done['status']}: {escape(done['error'])}")
+    result(done["status"])
+    raise typer.Exit(finished_ok([done["status"]]))
 
 
 @jobs_app.command("ls")
@@ -138,80 +132,114 @@ def jobs_ls(
     sort: Annotated[str, typer.Option(help="created_at, best_loss, final_val_loss, ... ('-' for descending)")] = (
         "-created_at"
     ),
-    limit: Annotated[int, typer.Option(help="At most this many.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 50,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """A table of jobs."""
-    with _client(url, api_key) as client:
-        jobs = client.jobs(status=status, sweep_id=sweep_id, optimizer=optimizer, tag=tag, sort=sort, limit=limit)
-    rows = [
-        {
-            "id": j["id"],
-            "status": j["status"],
-            "optimizer": j["optimizer"],
-            "lr": j["spec"]["optimizer"].get("lr"),
-            "epochs": f"{j['summary']['epochs_done']}/{j['summary']['epochs_total']}",
-            "best_loss": j["summary"]["best_loss"],
-            "final_val_loss": j["summary"]["final_val_loss"],
-            "sweep": j["sweep_id"],
-            "cached_from": j.get("cached_from"),
-            "tags": ",".join(j["tags"]),
-        }
-        for j in jobs
-    ]
-    columns = ["id", "status", "optimizer", "lr", "epochs", "best_loss", "final_val_loss", "sweep"]
-    _table(rows, [*columns, "cached_from", "tags"])
+    """A table of jobs: configuration, seed, epochs and losses.
+
+    The configuration is a sweep job's searched values, else the optimizer, its learning rate and
+    schedule. Says so on stderr when --limit cut the list."""
+    with connected(url, api_key) as client:
+        # One more than shown: whether the list was cut, without counting every job.
+        jobs = client.jobs(status=status, sweep_id=sweep_id, optimizer=optimizer, tag=tag, sort=sort, limit=limit + 1)
+    from service.client_display import short_labels
+
+    shown = jobs[:limit]
+    labels = short_labels([job_config(job) for job in shown])
+    print_table([job_row(job, text) for job, text in zip(shown, labels, strict=True)], JOB_COLUMNS)
+    if len(jobs) > limit:
+        console.print(f"the first {limit} jobs, and there are more (--limit {limit * 4} shows more)")
+
+
+def job_config(job: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What a job's configuration column shows: a sweep job's searched values; a lone job's
+    optimizer, learning rate and schedule."""
+    if job.get("config"):
+        return dict(job["config"])
+    spec = job["spec"]
+    optimizer = spec.get("optimizer") or {}
+    config: dict[str, Any] = {"optimizer": {"name": optimizer.get("name"), "lr": optimizer.get("lr")}}
+    if spec.get("scheduler"):
+        config["scheduler"] = {"name": spec["scheduler"].get("name")}
+    return config
+
+
+def job_row(job: Mapping[str, Any], configuration: str) -> dict[str, Any]:
+    """A job as a table row, with its configuration's label."""
+    spec, summary = job["spec"], job["summary"]
+    return {
+        "id": job["id"],
+        "status": job["status"],
+        "sweep": job["sweep_id"],
+        "configuration": configuration,
+        "seed": spec.get("seed"),
+        "epochs": f"{summary['epochs_done']}/{summary['epochs_total']}",
+        "best_loss": summary.get("best_loss"),
+        "final_val_loss": summary.get("final_val_loss"),
+        "cached_from": job.get("cached_from"),
+        "tags": ",".join(job["tags"]),
+    }
 
 
 @jobs_app.command("show")
 def jobs_show(job_id: int, url: UrlOption = None, api_key: KeyOption = None) -> None:
     """One job as JSON: status, spec, summary, error, attempt, worker, device, timings."""
-    with _client(url, api_key) as client:
+    import json
+
+    with connected(url, api_key) as client:
         job = client.job(job_id)
-    out.print_json(data=job)
+    result(json.dumps(job, indent=2))
+
+
+METRIC_HEADERS = {
+    "train_loss": Column("train loss", "train_loss"),
+    "val_loss": Column("val loss", "val_loss"),
+    "val_accuracy": Column("val acc", "val_accuracy"),
+    "grad_norm": Column("grad norm", "grad_norm", drop=1),
+    "epoch_seconds": Column("s", "epoch_seconds", drop=2),
+    "samples_per_second": Column("samples/s", "samples_per_second", drop=3),
+}
+"""Short headers for ``metrics``' table (a metric not here shows under its own name)."""
 
 
 @app.command()
 def metrics(
     job_id: int,
-    csv_: Annotated[bool, typer.Option("--csv", help="CSV on stdout instead of a table.")] = False,
+    csv_: Annotated[bool, typer.Option("--csv", help="CSV on stdout (every digit) instead of a table.")] = False,
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """A job's per-epoch metrics."""
-    with _client(url, api_key) as client:
-        frame = client.metrics(job_id)
+    """A job's per-epoch metrics (a metric no epoch reported is left out of the table)."""
+    with connected(url, api_key) as client:
+        rows = client.get(f"/v1/jobs/{job_id}/metrics")["rows"]
     if csv_:
-        sys.stdout.write(frame.to_csv(index=False))
+        _write_csv(rows)
         return
-    _table(frame.to_dict("records"), list(frame.columns), title=f"job {job_id}")
+    names = [name for name in (rows[0] if rows else {"epoch": None}) if any(r.get(name) is not None for r in rows)]
+    columns = [METRIC_HEADERS.get(name, Column(name)) for name in names]
+    print_table(rows, columns, title=f"job {job_id}")
 
 
-@app.command()
-def leaderboard(
-    sweep_id: int,
-    metric: Annotated[str, typer.Option(help="train_loss, val_loss or val_accuracy.")] = "val_loss",
-    mode: Annotated[str | None, typer.Option(help="min or max (default: min for losses).")] = None,
-    which: Annotated[str, typer.Option(help="best (best epoch's value) or final.")] = "best",
-    url: UrlOption = None,
-    api_key: KeyOption = None,
-) -> None:
-    """Configurations of a sweep ranked by the metric's mean over seeds, with 95% CIs."""
-    with _client(url, api_key) as client:
-        _print_leaderboard(client, sweep_id, metric, mode, which)
+def _write_csv(rows: list[dict[str, Any]]) -> None:
+    import csv
+
+    if rows:
+        names = list(rows[0])
+    else:  # the header still names every column
+        from optim_engine.results import METRIC_NAMES
+
+        names = ["epoch", *METRIC_NAMES]
+    writer = csv.DictWriter(sys.stdout, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
 
 
-def _print_leaderboard(client: Any, sweep_id: int, metric: str, mode: str | None, which: str) -> None:
-    frame = client.leaderboard(sweep_id, metric=metric, mode=mode, which=which)
-    rows = frame.to_dict("records")
-    for row in rows:
-        if row.get("ci95_low") is not None and row.get("mean") is not None:
-            row["95% CI"] = f"±{(row['ci95_high'] - row['ci95_low']) / 2:.3g}"
-    columns = ["rank", "configuration", "n", "mean", "std", "95% CI", "min", "max", "diverged", "mean_wall_seconds"]
-    if frame.get("pruned") is not None and frame["pruned"].any():
-        columns.insert(columns.index("diverged") + 1, "pruned")
-    _table(rows, columns, title=f"sweep {sweep_id}: {which} {metric}")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(sweeps_app, name="sweeps")
+app.command()(leaderboard)  # service/cli_sweeps.py
+app.command()(export)  # service/cli_export.py
+app.command()(plot)
 
 
 @app.command()
@@ -222,10 +250,10 @@ def cancel(
     api_key: KeyOption = None,
 ) -> None:
     """Cancel a job (queued: never runs; running: stops at its next epoch) or a whole sweep."""
-    with _client(url, api_key) as client:
+    with connected(url, api_key) as client:
         if sweep_:
-            state = client.cancel_sweep(target_id)
-            console.print(f"sweep {target_id}: {state['counts']}")
+            counts = client.cancel_sweep(target_id)["counts"]
+            console.print(f"sweep {target_id}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
         else:
             job = client.cancel(target_id)
             console.print(
@@ -233,6 +261,9 @@ def cancel(
                 + (" (stops at its next epoch)" if job["status"] == "running" else "")
             )
 
+
+app.add_typer(analysis_app, name="analyze")
+app.add_typer(keys_app, name="keys")
 
 if __name__ == "__main__":
     app()

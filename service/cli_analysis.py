@@ -2,9 +2,8 @@
 profiles, LR range tests and 2-D trajectories as tables, or ``--json`` for the server's answer,
 and ``--plot`` for a PNG.
 
-``service.cli`` imports this module to register the app, so this module imports ``service.cli``'s
-helpers (``_client``, ``_table``, the consoles) inside the commands, and repeats its two
-connection options (a test holds them equal).
+Numbers in the CLI's one format (``client_display.number``), tables that fit the terminal
+(``cli_tables``), the client and its errors as every command has them (``cli_common``).
 """
 
 from __future__ import annotations
@@ -12,20 +11,23 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
+
+from service.cli_common import EXIT_REJECTED, EXIT_USAGE, KeyOption, UrlOption, connected, console, fail, out
+from service.cli_tables import print_table
+from service.client_display import number
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 analysis_app = typer.Typer(
     help="Is A better than B, and how sure are we: paired comparisons, divergence, tuning budgets, profiles.",
     no_args_is_help=True,
 )
 
-UrlOption = Annotated[
-    str | None, typer.Option("--url", envvar="OPTIMLAB_URL", help="Server (default http://127.0.0.1:8000).")
-]
-KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="OPTIMLAB_API_KEY", help="Bearer key.")]
 SweepArgument = Annotated[int, typer.Argument(metavar="SWEEP", help="Sweep id.")]
 MetricOption = Annotated[str, typer.Option(help="train_loss, val_loss or val_accuracy.")]
 WhichOption = Annotated[str, typer.Option(help="best (the best epoch's value) or final.")]
@@ -33,17 +35,16 @@ PlotOption = Annotated[Path | None, typer.Option("--plot", help="Also draw a PNG
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the server's JSON instead of tables.")]
 
 
-def _num(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}g}"
+def _attrs(frame: pd.DataFrame) -> dict[str, Any]:
+    """The server's whole answer, which the client's frames keep in ``attrs``."""
+    return {str(key): value for key, value in frame.attrs.items()}
 
 
 def _interval(bounds: Sequence[float] | None) -> str:
-    return "-" if bounds is None else f"[{_num(bounds[0])}, {_num(bounds[1])}]"
+    return "-" if bounds is None else f"[{number(bounds[0])}, {number(bounds[1])}]"
 
 
 def _show(body: Mapping[str, Any], as_json: bool, tables: Callable[[Mapping[str, Any]], None]) -> None:
-    from service.cli import out
-
     if as_json:
         out.print_json(data=dict(body))
     else:
@@ -53,18 +54,14 @@ def _show(body: Mapping[str, Any], as_json: bool, tables: Callable[[Mapping[str,
 def _draw(draw: Callable[[Any, Path], Any], body: Mapping[str, Any], path: Path | None) -> None:
     """Draw the plot to ``path``; a missing matplotlib or an unwritable path is a message and
     the usage exit code, not a traceback."""
-    from service.cli import EXIT_USAGE, console
-
     if path is None:
         return
     try:
         draw(body, path)
     except ImportError:
-        console.print("[red]--plot needs matplotlib[/]: pip install 'optimlab\\[plot]'")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail("[red]--plot needs matplotlib[/]: pip install 'optimlab\\[plot]'", EXIT_USAGE) from None
     except OSError as exc:
-        console.print(f"[red]cannot write {escape(str(path))}[/]: {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail(f"[red]cannot write {escape(str(path))}[/]: {escape(str(exc))}", EXIT_USAGE) from None
     console.print(f"plot written to {escape(str(path))}")
 
 
@@ -87,14 +84,13 @@ def compare(
     """A against B seed by seed: mean difference with t and BCa CIs, Wilcoxon p, P(A beats B),
     wins and a verdict. Without --a, --b and --b-sweep: every pair of SWEEP's configurations."""
     from service import plots
-    from service.cli import _client
 
     matrix = a is None and b is None and b_sweep is None
-    with _client(url, api_key) as client:
+    with connected(url, api_key) as client:
         if matrix:
-            body = client.compare_matrix(sweep_id, metric=metric, which=which).attrs
+            body = _attrs(client.compare_matrix(sweep_id, metric=metric, which=which))
         else:
-            body = client.compare(sweep_id, a, b, b_sweep=b_sweep, metric=metric, which=which).attrs
+            body = _attrs(client.compare(sweep_id, a, b, b_sweep=b_sweep, metric=metric, which=which))
     _show(body, as_json, _print_matrix if matrix else _print_pair)
     _draw(plots.plot_compare_matrix if matrix else plots.plot_compare, body, plot)
 
@@ -108,7 +104,6 @@ def _seeds(seeds: Iterable[int]) -> str:
 
 
 def _print_pair(body: Mapping[str, Any]) -> None:
-    from service.cli import _table
     from service.client_frames import verdict_words
 
     p = body.get("wilcoxon_p")
@@ -119,22 +114,21 @@ def _print_pair(body: Mapping[str, Any]) -> None:
         ("B", _arm(body["b"])),
         ("metric", f"{body['which']} {body['metric']} ({body['mode']} is better)"),
         ("pairs (n)", str(body["n"])),
-        ("mean diff (A - B)", _num(body.get("mean_diff"))),
-        ("std of diffs", _num(body.get("std_diff"))),
+        ("mean diff (A - B)", number(body.get("mean_diff"))),
+        ("std of diffs", number(body.get("std_diff"))),
         ("95% t CI", _interval(body.get("t_ci"))),
         ("95% BCa CI", _interval(body.get("bca_ci"))),
-        ("Wilcoxon p", "-" if p is None else f"{p:.3g} ({body.get('wilcoxon_method')})"),
-        ("P(A beats B)", _num(body.get("p_a_better"), 3)),
+        ("Wilcoxon p", "-" if p is None else f"{number(p)} ({body.get('wilcoxon_method')})"),
+        ("P(A beats B)", number(body.get("p_a_better"))),
         ("wins", f"A {body['a_wins']}, B {body['b_wins']}, ties {body['ties']}"),
         ("unpaired seeds", f"A: {_seeds(body['unpaired_a'])}; B: {_seeds(body['unpaired_b'])}"),
         ("excluded runs", f"{len(excluded)}" + (f" ({why}{'; ...' if len(excluded) > 6 else ''})" if why else "")),
         ("verdict", verdict_words(body)),
     ]
-    _table([{"": k, "value": v} for k, v in rows], ["", "value"], title="paired by seed")
+    print_table([{"": k, "value": v} for k, v in rows], ["", "value"], title="paired by seed")
 
 
 def _print_matrix(body: Mapping[str, Any]) -> None:
-    from service.cli import _table
     from service.client_frames import matrix_labels
 
     labels = matrix_labels(body)
@@ -147,7 +141,7 @@ def _print_matrix(body: Mapping[str, Any]) -> None:
         }
         for c in body["configs"]
     ]
-    _table(configs, ["config_hash", "configuration", "n", "mean"], title=f"{body['which']} {body['metric']}")
+    print_table(configs, ["config_hash", "configuration", "n", "mean"], title=f"{body['which']} {body['metric']}")
     cells = {(c["a"], c["b"]): c for c in body["cells"]}
     rows = []
     for a in labels:
@@ -155,10 +149,10 @@ def _print_matrix(body: Mapping[str, Any]) -> None:
         for b in labels:
             cell = cells.get((a, b))
             mark = "" if cell is None or cell["verdict"] == "inconclusive" else " *"
-            row[labels[b]] = "" if cell is None else f"{_num(cell['mean_diff'])}{mark}"
+            row[labels[b]] = "" if cell is None else f"{number(cell['mean_diff'])}{mark}"
         rows.append(row)
     title = f"mean A - B ({body['mode']} is better); * : verdict not inconclusive; details: --a HASH --b HASH"
-    _table(rows, ["A \\ B", *labels.values()], title=title)
+    print_table(rows, ["A \\ B", *labels.values()], title=title)
 
 
 # --- divergence, budget, profiles --------------------------------------------------------------
@@ -177,35 +171,32 @@ def divergence(
     """Per optimizer configuration: the largest lr with no run diverged, the smallest with all
     diverged, and the fraction diverged and the metric at each lr."""
     from service import plots
-    from service.cli import _client
 
-    with _client(url, api_key) as client:
-        body = client.divergence(sweep_id, metric=metric, which=which).attrs
+    with connected(url, api_key) as client:
+        body = _attrs(client.divergence(sweep_id, metric=metric, which=which))
     _show(body, as_json, _print_divergence)
     _draw(plots.plot_divergence, body, plot)
 
 
 def _print_divergence(body: Mapping[str, Any]) -> None:
-    from service.cli import _table
-
     groups = body["groups"]
     summary = [
         {
             "group": g["group"],
-            "stable_max_lr": _num(g["stable_max_lr"]),
-            "diverged_min_lr": _num(g["diverged_min_lr"]),
+            "stable_max_lr": number(g["stable_max_lr"]),
+            "diverged_min_lr": number(g["diverged_min_lr"]),
             "lrs": len(g["lrs"]),
         }
         for g in groups
     ]
-    _table(summary, ["group", "stable_max_lr", "diverged_min_lr", "lrs"], title="divergence")
+    print_table(summary, ["group", "stable_max_lr", "diverged_min_lr", "lrs"], title="divergence")
     rows = [
         {"group": g["group"], **{k: r[k] for k in ("lr", "runs", "diverged", "fraction", "mean", "std")}}
         for g in groups
         for r in g["lrs"]
     ]
     columns = ["group", "lr", "runs", "diverged", "fraction", "mean", "std"]
-    _table(rows, columns, title=f"{body['which']} {body['metric']} by lr (mean, std over stable runs)")
+    print_table(rows, columns, title=f"{body['which']} {body['metric']} by lr (mean, std over stable runs)")
 
 
 @analysis_app.command("budget")
@@ -220,10 +211,9 @@ def budget(
 ) -> None:
     """Expected best value after k random-search trials, per optimizer, with a 95% bootstrap band."""
     from service import plots
-    from service.cli import _client
 
-    with _client(url, api_key) as client:
-        body = client.budget(sweep_id, metric=metric, which=which).attrs
+    with connected(url, api_key) as client:
+        body = _attrs(client.budget(sweep_id, metric=metric, which=which))
     _show(body, as_json, _print_budget)
     _draw(plots.plot_budget, body, plot)
 
@@ -235,21 +225,19 @@ def budget_ks(n: int) -> list[int]:
 
 
 def _print_budget(body: Mapping[str, Any]) -> None:
-    from service.cli import _table
-
     rows = [
         {
             "group": g["group"],
             "n_trials": g["n_trials"],
             "k": g["k"][i],
-            "expected best": _num(g["expected"][i]),
+            "expected best": number(g["expected"][i]),
             "95% band": _interval([g["lo"][i], g["hi"][i]]),
         }
         for g in body["groups"]
         for i in (k - 1 for k in budget_ks(len(g["k"])))
     ]
     title = f"expected best of k trials: {body['which']} {body['metric']} ({body['mode']} is better)"
-    _table(rows, ["group", "n_trials", "k", "expected best", "95% band"], title=title)
+    print_table(rows, ["group", "n_trials", "k", "expected best", "95% band"], title=title)
 
 
 @analysis_app.command("profiles")
@@ -265,9 +253,8 @@ def profiles(
     """Time to target on each problem and performance profiles: the share of problems each
     optimizer solves within tau times the fastest, in epochs and in seconds."""
     from service import plots
-    from service.cli import _client
 
-    with _client(url, api_key) as client:
+    with connected(url, api_key) as client:
         body = client.profiles(sweep_ids, metric=metric, tolerance=tolerance)
     _show(body, as_json, _print_profiles)
     _draw(plots.plot_profiles, body, plot)
@@ -280,36 +267,34 @@ def rho_at(taus: Sequence[float], rho: Sequence[float], tau: float) -> float:
 
 
 def _print_profiles(body: Mapping[str, Any]) -> None:
-    from service.cli import _table
-
     optimizers = sorted({o for p in body["problems"] for o in p["times"]})
     rows = []
     for problem in body["problems"]:
-        row = {"problem": f"{problem['name']} ({problem['sweep_id']})", "target": _num(problem["target"])}
+        row = {"problem": f"{problem['name']} ({problem['sweep_id']})", "target": number(problem["target"])}
         for optimizer in optimizers:
             time = problem["times"].get(optimizer)
             row[optimizer] = "never" if not time or time["epochs"] is None else _reached(time)
         rows.append(row)
-    _table(rows, ["problem", "target", *optimizers], title=f"time to target ({body['metric']})")
+    print_table(rows, ["problem", "target", *optimizers], title=f"time to target ({body['metric']})")
     for measure in ("epochs", "seconds"):
         profile = body[measure]
         taus, last = profile["taus"], profile["taus"][-1] if profile["taus"] else 1.0
         summary = [
             {
                 "optimizer": optimizer,
-                "fastest (rho(1))": _num(rho_at(taus, rho, 1.0), 3),
-                "within 2x (rho(2))": _num(rho_at(taus, rho, 2.0), 3),
-                f"solved (rho({last:.3g}))": _num(rho_at(taus, rho, last), 3),
+                "fastest (rho(1))": number(rho_at(taus, rho, 1.0)),
+                "within 2x (rho(2))": number(rho_at(taus, rho, 2.0)),
+                f"solved (rho({number(last)}))": number(rho_at(taus, rho, last)),
             }
             for optimizer, rho in sorted(profile["profiles"].items())
         ]
-        columns = ["optimizer", "fastest (rho(1))", "within 2x (rho(2))", f"solved (rho({last:.3g}))"]
+        columns = ["optimizer", "fastest (rho(1))", "within 2x (rho(2))", f"solved (rho({number(last)}))"]
         unsolved = profile.get("unsolved") or []
-        _table(summary, columns, title=f"profile in {measure}" + (f"; unsolved: {unsolved}" if unsolved else ""))
+        print_table(summary, columns, title=f"profile in {measure}" + (f"; unsolved: {unsolved}" if unsolved else ""))
 
 
 def _reached(time: Mapping[str, Any]) -> str:
-    return f"{_num(time['epochs'])} ep, {_num(time['seconds'], 3)} s"
+    return f"{number(time['epochs'])} ep, {number(time['seconds'])} s"
 
 
 # --- range tests and trajectories --------------------------------------------------------------
@@ -325,27 +310,23 @@ def range_test(
 ) -> None:
     """An LR range test's suggested learning rates (steepest, valley, minimum/10)."""
     from service import plots
-    from service.cli import EXIT_REJECTED, _client, console
 
-    with _client(url, api_key) as client:
+    with connected(url, api_key) as client:
         result = client.result(job_id)
         status = None if result else client.job(job_id)["status"]
     if result is None or result.get("kind") != "lr_range_test":
         why = f"it is {status}" if result is None else "it is not an LR range test"
-        console.print(f"[red]job {job_id} has no range test result[/]: {why}")
-        raise typer.Exit(EXIT_REJECTED)
+        raise fail(f"[red]job {job_id} has no range test result[/]: {why}", EXIT_REJECTED)
     _show(result, as_json, lambda body: _print_range_test(job_id, body))
     _draw(plots.plot_range_test, result, plot)
 
 
 def _print_range_test(job_id: int, body: Mapping[str, Any]) -> None:
-    from service.cli import _table, console, out
-
     lrs = body["lr"]
-    span = f"{len(lrs)} steps, lr {_num(lrs[0], 3)} to {_num(lrs[-1], 3)}" if lrs else "no steps"
+    span = f"{len(lrs)} steps, lr {number(lrs[0])} to {number(lrs[-1])}" if lrs else "no steps"
     out.print(f"job {job_id}: {span}, stopped: {body['stopped']}")
-    rows = [{"suggestion": name, "lr": _num(lr)} for name, lr in body["suggestions"].items()]
-    _table(rows, ["suggestion", "lr"], title="suggested learning rates")
+    rows = [{"suggestion": name, "lr": number(lr)} for name, lr in body["suggestions"].items()]
+    print_table(rows, ["suggestion", "lr"], title="suggested learning rates")
     console.print(f"a sweep around one: lr_from: {{job_id: {job_id}, suggestion: valley}}")
 
 
@@ -359,17 +340,14 @@ def trajectories(
 ) -> None:
     """Each 2-D test function run's start, end and final value (--plot draws the paths)."""
     from service import plots
-    from service.cli import _client
 
-    with _client(url, api_key) as client:
+    with connected(url, api_key) as client:
         body = client.trajectories(sweep_id)
     _show(body, as_json, _print_trajectories)
     _draw(plots.plot_trajectories, body, plot)
 
 
 def _print_trajectories(body: Mapping[str, Any]) -> None:
-    from service.cli import _table
-
     minimum = body.get("minimum")
     rows = []
     for path in body["paths"]:
@@ -379,12 +357,12 @@ def _print_trajectories(body: Mapping[str, Any]) -> None:
         first, last = (finite[0], finite[-1]) if finite else (None, None)
         row = {"job": path["job_id"], "run": path["label"], "seed": path.get("seed"), "status": path["status"]}
         row["steps"] = max(len(path["x"]) - 1, 0)
-        row["start"] = "-" if first is None else f"({_num(path['x'][first])}, {_num(path['y'][first])})"
-        row["end"] = "-" if last is None else f"({_num(path['x'][last])}, {_num(path['y'][last])})"
-        row["final value"] = "-" if last is None else _num(path["value"][last])
+        row["start"] = "-" if first is None else f"({number(path['x'][first])}, {number(path['y'][first])})"
+        row["end"] = "-" if last is None else f"({number(path['x'][last])}, {number(path['y'][last])})"
+        row["final value"] = "-" if last is None else number(path["value"][last])
         if minimum and last is not None:
-            row["to minimum"] = _num(math.dist((path["x"][last], path["y"][last]), minimum))
+            row["to minimum"] = number(math.dist((path["x"][last], path["y"][last]), minimum))
         rows.append(row)
-    title = body["function"] + (f" (minimum at ({_num(minimum[0])}, {_num(minimum[1])}))" if minimum else "")
+    title = body["function"] + (f" (minimum at ({number(minimum[0])}, {number(minimum[1])}))" if minimum else "")
     columns = ["job", "run", "seed", "status", "steps", "start", "end", "final value", "to minimum"]
-    _table(rows, columns if minimum else columns[:-1], title=title + "; end: the last finite point")
+    print_table(rows, columns if minimum else columns[:-1], title=title + "; end: the last finite point")

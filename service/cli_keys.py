@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from service.settings import Settings, get_settings
-
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
+
+    from service.settings import Settings
 
 keys_app = typer.Typer(
     help="API keys, on the database directly (`optimlab db upgrade` first). Needs OPTIMLAB_AUTH=keys to matter.",
@@ -34,6 +34,7 @@ def serving_settings(host: str) -> Settings:
     """The settings to serve on ``host`` with, once the auth configuration passes the start-up
     check; otherwise a message naming the setting and ``EXIT_USAGE``, and nothing is started."""
     from service.auth.service import ConfigurationError, check_configuration
+    from service.settings import get_settings  # here: the settings import the engine's spec (slow)
 
     settings = get_settings()
     try:
@@ -51,6 +52,7 @@ def _session() -> Iterator[Session]:
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
     from service.db.session import make_engine, make_session_factory
+    from service.settings import get_settings
 
     engine = make_engine(get_settings().resolved_database_url())
     try:
@@ -92,20 +94,24 @@ def keys_create(
 @keys_app.command("ls")
 def keys_ls() -> None:
     """Every key, revoked ones too: id, owner, name, prefix, admin, dates (never a token)."""
-    from rich.table import Table
-
     from service.auth import service as auth_service
+    from service.cli_tables import print_table
 
     with _session() as session:
         keys = auth_service.list_keys(session)
-    table = Table()
-    for column in ("id", "owner", "name", "prefix", "admin", "created_at", "revoked_at"):
-        table.add_column(column, overflow="fold")
-    for key in keys:
-        revoked = key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-"
-        created = key.created_at.isoformat(timespec="seconds")
-        table.add_row(str(key.id), key.owner, key.name or "-", key.prefix, str(key.admin), created, revoked)
-    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    rows = [
+        {
+            "id": key.id,
+            "owner": key.owner,
+            "name": key.name or "-",
+            "prefix": key.prefix,
+            "admin": str(key.admin),
+            "created_at": key.created_at.isoformat(timespec="seconds"),
+            "revoked_at": key.revoked_at.isoformat(timespec="seconds") if key.revoked_at else "-",
+        }
+        for key in keys
+    ]
+    print_table(rows, ["id", "owner", "name", "prefix", "admin", "created_at", "revoked_at"])
 
 
 @keys_app.command("revoke")

@@ -1,10 +1,6 @@
 """``optimlab sweep FILE``: create a sweep from a YAML or JSON file (a grid or random search, or an
 adaptive one: strategy, space, budget, parallelism, objective, sampler_seed, pruner) and, with --wait,
-print its leaderboard.
-
-``service.cli`` imports this module to register the command, so the command imports
-``service.cli``'s helpers (``_client``, the consoles, exit codes) when it runs; the connection
-options are ``service.cli_analysis``'s (a test holds those equal to ``service.cli``'s).
+print its leaderboard: the id first on stdout, then the table; progress on stderr.
 """
 
 from __future__ import annotations
@@ -13,8 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from service.cli_analysis import KeyOption, UrlOption
+from service.cli_common import EXIT_USAGE, KeyOption, UrlOption, connected, console, fail, finished_ok, load, result
 
 KEYS = frozenset({"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from", "cache"})
 SEARCH_KEYS = frozenset({"strategy", "space", "budget", "parallelism", "objective", "sampler_seed", "pruner"})
@@ -31,7 +28,7 @@ def sweep(
             )
         ),
     ],
-    wait: Annotated[bool, typer.Option(help="Wait, then print the leaderboard.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait (a progress bar on stderr), then print the leaderboard.")] = False,
     metric: Annotated[
         str | None,
         typer.Option(help="Leaderboard metric with --wait (default: an adaptive sweep's objective, else val_loss)."),
@@ -39,11 +36,14 @@ def sweep(
     url: UrlOption = None,
     api_key: KeyOption = None,
 ) -> None:
-    """Create a sweep. Prints its id; with --wait, the leaderboard, and exits 3 if a job failed."""
-    from service.cli import EXIT_OK, _client, _finished_ok, _load, _print_leaderboard, console, out
+    """Create a sweep and print its id (stdout); --wait: then its leaderboard.
 
-    body = _checked(_load(file), file)
-    with _client(url, api_key) as client:
+    With --wait, the progress bar goes to stderr, the leaderboard follows the id on stdout, and
+    the exit code is 3 if a job failed or was cancelled."""
+    from service.cli_sweeps import print_leaderboard
+
+    body = _checked(load(file), file)
+    with connected(url, api_key) as client:
         search = {key: body[key] for key in SEARCH_KEYS if key in body}
         created = client.sweep(
             body["base"],
@@ -58,23 +58,20 @@ def sweep(
             **search,
         )
         console.print(_created(created))
+        result(created["id"])
         if not wait:
-            out.print(created["id"])
-            raise typer.Exit(EXIT_OK)
+            return
         done = client.wait(created)
         objective = done.get("objective") or {}  # an adaptive sweep ranks by what it optimized
         ranked_by = metric or objective.get("metric", "val_loss")
-        _print_leaderboard(client, created["id"], ranked_by, None, objective.get("which", "best"))
+        print_leaderboard(client, created["id"], ranked_by, None, objective.get("which", "best"))
         if (best := done.get("best_trial")) is not None:
-            console.print(f"best trial {best['number']}: {best['value']} with {best['params']}")
-        counts = done["counts"]
-        raise typer.Exit(_finished_ok([s for s, n in counts.items() if n]))
+            console.print(f"best trial {best['number']}: {best['value']} with {best['params']}", markup=False)
+    raise typer.Exit(finished_ok([s for s, n in done["counts"].items() if n]))
 
 
 def _checked(body: dict[str, Any], file: Path) -> dict[str, Any]:
     """The file's body, or the usage exit code naming what is wrong with it."""
-    from service.cli import EXIT_USAGE, console
-
     unknown = set(body) - KEYS - SEARCH_KEYS
     problem = None
     if not isinstance(body.get("cache", True), bool):
@@ -84,8 +81,7 @@ def _checked(body: dict[str, Any], file: Path) -> dict[str, Any]:
     elif "base" not in body:
         problem = "needs 'base'"
     if problem is not None:
-        console.print(f"[red]{file}[/]: {problem}")
-        raise typer.Exit(EXIT_USAGE)
+        raise fail(f"[red]{escape(str(file))}[/]: {escape(problem)}", EXIT_USAGE)
     return body
 
 

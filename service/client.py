@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from service import plots  # matplotlib only when a plot is drawn (the ``plot`` extra)
-from service.client_display import TERMINAL, Progress, flatten, label, progress_of
+from service.client_display import TERMINAL, Progress, detail_lines, flatten, label, lazy_module, progress_of
 from service.client_frames import budget_frame, divergence_frame, matrix_frame, pairs_frame
 from service.client_search import study_of
 
+plots = lazy_module("service.plots")  # numpy when a plot is drawn, matplotlib too (the ``plot`` extra)
 if TYPE_CHECKING:
     import optuna
     import pandas as pd
@@ -45,7 +45,7 @@ class OptimlabError(Exception):
 
     def __init__(self, status_code: int, error: str, detail: Any) -> None:
         self.status_code, self.error, self.detail = status_code, error, detail
-        super().__init__(f"{status_code} {error}: {_describe(detail)}")
+        super().__init__(f"{status_code} {error}: {'; '.join(detail_lines(detail))}")
 
 
 class NotFound(OptimlabError):
@@ -77,14 +77,6 @@ _ERRORS: dict[int, type[OptimlabError]] = {
 }
 
 
-def _describe(detail: Any) -> str:
-    if isinstance(detail, list):
-        return "; ".join(
-            f"{d.get('field') or 'body'}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail
-        )
-    return str(detail)
-
-
 class Client:
     """A connection to an optimlab server.
 
@@ -94,6 +86,8 @@ class Client:
         timeout: seconds per request.
         retries: attempts after the first on connection errors and 503s.
         backoff: first retry delay in seconds; doubles each time.
+        fail_fast: a refused connection before the server's first answer is ``Unavailable`` at once
+            (a wrong port, no server started: the CLI); refusals after it (a restart) are retried.
     """
 
     def __init__(
@@ -104,13 +98,14 @@ class Client:
         timeout: float = 30.0,
         retries: int = 5,
         backoff: float = 0.25,
+        fail_fast: bool = False,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         key = api_key if api_key is not None else os.environ.get("OPTIMLAB_API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.url = url or os.environ.get("OPTIMLAB_URL") or DEFAULT_URL
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
-        self._retries, self._backoff = retries, backoff
+        self._retries, self._backoff, self._fail_fast = retries, backoff, fail_fast
 
     def __enter__(self) -> Client:
         return self
@@ -129,9 +124,10 @@ class Client:
             try:
                 response = self._http.request(method, path, **kwargs)
             except httpx.TransportError as exc:
-                if last:
+                if last or (self._fail_fast and isinstance(exc, httpx.ConnectError)):
                     raise Unavailable(0, "unreachable", f"{self.url}: {exc}") from exc
             else:
+                self._fail_fast = False  # it answered: a later refusal is a restart, worth retrying
                 if response.status_code < 400:
                     return response
                 if response.status_code != 503 or last:
@@ -145,6 +141,10 @@ class Client:
     def _post(self, path: str, body: Any = None) -> Any:
         # One key for every retry of this call: the server returns the first result.
         return self._json("POST", path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+
+    def get(self, path: str, **params: Any) -> Any:
+        """A GET's JSON answer (retried, errors mapped) for routes without a method: ``get("/v1/sweeps")``."""
+        return self._json("GET", path, params=params)
 
     # --- jobs --------------------------------------------------------------------------------
 

@@ -1,10 +1,16 @@
-"""What the client shows: a configuration as dotted paths and as a short label (leaderboards,
-curves, the progress text), and the progress bar of ``Client.wait`` (rich is imported only when
-a bar is shown)."""
+"""What the client shows: a configuration as dotted paths and as a label (leaderboards, curves),
+a terse label and one number format for tables that fit a terminal (the CLI), the server's error
+details as lines, the progress bar of ``Client.wait`` (rich is imported only when a bar is shown,
+and it draws on stderr, so stdout stays the caller's), and the plots module loaded when used."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib.util
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled", "pruned"})
@@ -41,6 +47,90 @@ def label(flat: Mapping[str, Any]) -> str:
     return " | ".join(" ".join(parts) for parts in groups.values())
 
 
+ABBREVIATIONS = {"momentum": "m", "weight_decay": "wd", "dampening": "damp", "batch_size": "bs"}
+"""Leaf names a terse label shortens: the knobs a grid varies most."""
+
+
+def number(value: Any) -> str:
+    """The CLI's one number format: 4 significant digits (``0.3898``, ``7.364e-05``, ``1.235e+04``),
+    integers and text as they are, ``-`` for a missing value. One format of bounded width (at
+    most 10 characters) is what lets a table of them fit 100 columns without cutting a number."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)  # nan, inf, -inf as Python spells them
+    return str(value)
+
+
+def short_label(flat: Mapping[str, Any]) -> str:
+    """A configuration in a few words, for a table cell: ``sgd lr=0.1 m=0.9 cosine``. Each top-level
+    key's words together, its name first and bare (a scheduler's without ``_lr`` and
+    ``_annealing``), common knobs abbreviated (``ABBREVIATIONS``); ``label`` spells it out."""
+    if not flat:
+        return "base"
+    groups: dict[str, list[str]] = {}
+    for path, value in flat.items():
+        top, _, rest = path.partition(".")
+        words = groups.setdefault(top, [])
+        leaf = rest.rsplit(".", 1)[-1] if rest else top
+        if value is None:
+            words.append(f"{'sched' if top == 'scheduler' else top}=none")
+        elif leaf == "name" and rest:
+            words.insert(0, str(value).removesuffix("_lr").replace("_annealing", ""))
+        else:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            words.append(f"{ABBREVIATIONS.get(leaf, leaf)}={shown}")
+    return " ".join(word for words in groups.values() for word in words)
+
+
+def short_labels(configs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Short labels of configurations shown together (a leaderboard, a list of jobs): a setting
+    that every configuration having it shares is left out (``cosine T_max=3`` reads ``cosine``
+    when every cosine run has T_max=3), as long as the labels stay as distinct as they were.
+    Names and ``none`` choices always stay: they say what was picked; one configuration alone
+    keeps its whole label."""
+    flats = [flatten(config) for config in configs]
+    if len(flats) < 2:
+        return [short_label(flat) for flat in flats]
+    target = len({short_label(flat) for flat in flats})
+    dropped: set[str] = set()
+    for path in dict.fromkeys(path for flat in flats for path in flat):
+        values = {json.dumps(flat[path], sort_keys=True, default=str) for flat in flats if path in flat}
+        if path.rsplit(".", 1)[-1] == "name" or values == {"null"} or len(values) > 1:
+            continue
+        if len({short_label(_without(flat, dropped | {path})) for flat in flats}) == target:
+            dropped.add(path)
+    return [short_label(_without(flat, dropped)) for flat in flats]
+
+
+def _without(flat: Mapping[str, Any], paths: set[str]) -> dict[str, Any]:
+    return {path: value for path, value in flat.items() if path not in paths}
+
+
+def detail_lines(detail: Any) -> list[str]:
+    """The server's error detail as lines: a validation error's each ``field: msg`` (the field a
+    JSON path such as ``spec.optimizer.lr``), anything else as its text."""
+    if isinstance(detail, list):
+        return [f"{d.get('field') or 'body'}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail]
+    return [str(detail)]
+
+
+def lazy_module(name: str) -> ModuleType:
+    """Module ``name``, executed on its first attribute access (importlib's ``LazyLoader``): the
+    client's plots import numpy (and matplotlib), ~80 ms that no other call needs, and the CLI
+    starts with the client."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def progress_of(state: Mapping[str, Any], is_sweep: bool) -> tuple[int, int, str]:
     """(done, total, text) of a job (epochs) or a sweep (finished jobs, and its best so far)."""
     if is_sweep:
@@ -51,7 +141,7 @@ def progress_of(state: Mapping[str, Any], is_sweep: bool) -> tuple[int, int, str
         if state.get("cached"):  # served from the result cache: done without training
             text += f" · {state['cached']} cached"
         if best and best.get("mean") is not None:
-            text += f" · best {best['mean']:.4g} ({label(flatten(best['config']))})"
+            text += f" · best {number(best['mean'])} ({short_label(flatten(best['config']))})"
         return finished, int(state["n_jobs"]), text
     summary = state["summary"]
     return int(summary["epochs_done"]), int(summary["epochs_total"]), f"job {state['id']} {state['status']}"
@@ -65,12 +155,14 @@ class Progress:
         self._task: Any = None
         if enabled:
             from rich import progress
+            from rich.console import Console
 
             self._bar = progress.Progress(
                 progress.TextColumn("{task.description}"),
                 progress.BarColumn(),
                 progress.MofNCompleteColumn(),
                 progress.TimeElapsedColumn(),
+                console=Console(stderr=True),  # stdout is for results: `id=$(optimlab submit --wait ...)`
             )
             self._bar.start()
 

@@ -1,0 +1,105 @@
+"""``optimlab export`` and ``optimlab plot``: a sweep's per-epoch results as a file, a table for
+pandas, R or a spreadsheet (CSV, or Parquet with pyarrow), or a PNG of its curves.
+
+The path written goes to stdout, what was written to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.markup import escape
+
+from service.cli_common import EXIT_USAGE, KeyOption, UrlOption, connected, console, fail, result
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+SweepArgument = Annotated[int, typer.Argument(metavar="SWEEP", help="Sweep id.")]
+FORMATS = ("csv", "parquet")
+PARQUET_HINT = "pip install pyarrow (or pip install 'optimlab[parquet]')"
+
+
+def export(
+    sweep_id: SweepArgument,
+    out: Annotated[Path, typer.Option("--out", help="The file to write ('-': CSV on stdout).")],
+    format_: Annotated[str, typer.Option("--format", help="csv or parquet (needs pyarrow).")] = "csv",
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Write a sweep's results as CSV or Parquet, one row per job and epoch.
+
+    Columns: job_id, configuration (its label) and each searched value as a column
+    (optimizer.lr, ...), seed, status, epoch and every metric."""
+    import importlib.util
+
+    if format_ not in FORMATS:
+        raise fail(f"[red]--format[/]: {escape(format_)} is not one of {', '.join(FORMATS)}", EXIT_USAGE)
+    if format_ == "parquet" and (str(out) == "-" or importlib.util.find_spec("pyarrow") is None):
+        why = "is a file format: give --out FILE" if str(out) == "-" else f"needs pyarrow: {escape(PARQUET_HINT)}"
+        raise fail(f"[red]--format parquet[/] {why}", EXIT_USAGE)  # before any request: nothing to lose
+    from optim_engine.results import METRIC_NAMES
+
+    with connected(url, api_key) as client:
+        frame = results_frame(client.sweep_metrics(sweep_id, columns=METRIC_NAMES))
+    if str(out) == "-":
+        frame.to_csv(sys.stdout, index=False)
+        return
+    try:
+        frame.to_csv(out, index=False) if format_ == "csv" else frame.to_parquet(out, index=False)
+    except OSError as exc:
+        raise fail(f"[red]cannot write {escape(str(out))}[/]: {escape(str(exc))}", EXIT_USAGE) from None
+    console.print(
+        f"{len(frame)} rows ({frame['job_id'].nunique()} jobs) of sweep {sweep_id} written to {escape(str(out))}"
+    )
+    result(out)
+
+
+def results_frame(curves: pd.DataFrame) -> pd.DataFrame:
+    """``client.sweep_metrics``' frame with each searched value as its own column, in the order
+    job_id, configuration, the searched paths, seed, status, epoch, the metrics; no ``attrs``
+    (Parquet would store them)."""
+    configs = curves.attrs.get("configs") or {}  # label -> {path: value}
+    paths = list(dict.fromkeys(path for flat in configs.values() for path in flat))
+    frame = curves.copy()
+    frame.attrs = {}
+    for path in paths:
+        values = frame["configuration"].map(lambda label, path=path: _cell(configs.get(label, {}).get(path)))
+        frame[path] = values.convert_dtypes()  # a searched int stays an int where other rows lack it
+    first = ["job_id", "configuration", *paths, "seed", "status", "epoch"]
+    return frame[[*first, *(c for c in curves.columns if c not in first)]]
+
+
+def _cell(value: object) -> object:
+    """A searched value as a table cell: a whole object (a schedule) as its JSON, so that every
+    column holds scalars, which CSV and Parquet both need."""
+    if isinstance(value, dict | list):
+        import json
+
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+def plot(
+    sweep_id: SweepArgument,
+    out: Annotated[Path, typer.Option("--out", help="The PNG to write.")] = Path("curves.png"),
+    metric: Annotated[str, typer.Option(help="train_loss, val_loss or val_accuracy.")] = "val_loss",
+    url: UrlOption = None,
+    api_key: KeyOption = None,
+) -> None:
+    """Draw a sweep's curves as a PNG (needs matplotlib: the `plot` extra).
+
+    The metric per epoch for each configuration (mean over seeds, band min..max), titled with the
+    sweep's name."""
+    with connected(url, api_key) as client:
+        try:
+            written = client.plot_curves(sweep_id, out, metric=metric)
+        except ImportError:
+            raise fail("[red]plot needs matplotlib[/]: pip install 'optimlab\\[plot]'", EXIT_USAGE) from None
+        except OSError as exc:
+            raise fail(f"[red]cannot write {escape(str(out))}[/]: {escape(str(exc))}", EXIT_USAGE) from None
+    console.print(f"plot of sweep {sweep_id}'s {metric} written to {escape(str(written))}")
+    result(written)
