@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Any
 import pytest
 
 from optim_engine.settings import get_settings
+
+# The device the spec factories train on: cpu, or cuda when bench/gpu_check.sh re-runs the engine
+# tests on a GPU (an explicit "device" override in a test still wins).
+TEST_DEVICE = os.environ.get("OPTIMLAB_TEST_DEVICE", "cpu")
 
 
 def seed_spec(optimizer: dict[str, Any], scheduler: Any = None, **overrides: Any) -> dict[str, Any]:
@@ -22,7 +27,7 @@ def seed_spec(optimizer: dict[str, Any], scheduler: Any = None, **overrides: Any
         "epochs": 3,
         "batch_size": 32,
         "seed": 0,
-        "device": "cpu",
+        "device": TEST_DEVICE,
     }
     if scheduler is not None:
         spec["scheduler"] = scheduler
@@ -47,7 +52,7 @@ def digits_spec(optimizer: dict[str, Any], **overrides: Any) -> dict[str, Any]:
         "optimizer": optimizer,
         "epochs": 2,
         "batch_size": 64,
-        "device": "cpu",
+        "device": TEST_DEVICE,
     }
     spec.update(overrides)
     return spec
