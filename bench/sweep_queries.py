@@ -48,11 +48,12 @@ SWEEP = {
 }
 
 
-def populate(http: httpx.Client, database_url: str) -> int:
-    """Three sweeps through the API; every job's epochs written as a worker writes them."""
+def populate(http: httpx.Client, database_url: str, sweeps: int = SWEEPS) -> int:
+    """``sweeps`` sweeps through the API (the first is returned: the measured one); every job's
+    epochs written as a worker writes them. bench/dashboard_perf.py builds one the same way."""
     sessions = make_session_factory(make_engine(database_url))
     measured = 0
-    for index in range(SWEEPS):
+    for index in range(sweeps):
         created = http.post("/v1/sweeps", json=SWEEP | {"name": f"bench {index}"})
         created.raise_for_status()
         sweep_id = created.json()["id"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,16 +18,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from optim_engine.spec import error_details
-from service import broker
+from optim_engine.spec.errors import UNKNOWN
+from service import broker, metrics
 from service.analysis.router import router as analysis_router
 from service.auth.router import router as keys_router
 from service.auth.service import check_configuration
 from service.catalog.router import router as catalog_router
+from service.dashboard.router import router as dashboard_router
+from service.dashboard.router import static_files as dashboard_static
 from service.db.session import make_engine, make_session_factory
 from service.deps import get_principal
 from service.dispatcher import Dispatcher
-from service.errors import OptimlabError, field_error
+from service.errors import OptimlabError, validation_detail
 from service.health.router import router as health_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodyLimits, invalid_json_detail
@@ -53,12 +55,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(BodyLimits, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
+    metrics.install(app)  # after BodyLimits: its latency middleware is outermost
     _install_error_handlers(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(get_principal)], responses=ERROR_RESPONSES)
     for router in (jobs_router, sweeps_router, analysis_router, catalog_router, keys_router):
         v1.include_router(router)
     app.include_router(health_router)
     app.include_router(v1)
+    # The dashboard's shells and scripts hold no data: served without a key (their /v1 requests carry it).
+    app.include_router(dashboard_router)
+    app.mount("/static", dashboard_static(), name="static")
     if settings.auth != "keys":
         app.openapi = _without_security(app)  # type: ignore[method-assign]
     return app
@@ -105,9 +111,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         reader.dispose()
 
 
-def _validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
-    """Pydantic errors as 422 detail: ``{loc, field, msg, type}`` each (see ``field_error``)."""
-    return [field_error(error["loc"], error["msg"], error["type"]) for error in error_details(errors)]
+def _body_type(request: Request) -> Any:
+    """The body model of the route that answered (its errors' JSON paths are read against it)."""
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    return body_field.field_info.annotation if body_field is not None else UNKNOWN
 
 
 def _allowed_methods(request: Request) -> str:
@@ -126,11 +133,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         if malformed := next((e for e in errors if e.get("type") == "json_invalid"), None):
             return JSONResponse({"error": "invalid_json", "detail": invalid_json_detail(malformed)}, status_code=400)
-        return JSONResponse({"error": "invalid_request", "detail": _validation_detail(errors)}, status_code=422)
+        detail = validation_detail(errors, _body_type(request))
+        return JSONResponse({"error": "invalid_request", "detail": detail}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
