@@ -1,6 +1,7 @@
 // Charts: a sweep's bulk curves reduced to one mean line and one min..max band per configuration
 // (50 configurations draw as fast as 500 raw lines would not, and read better), uPlot line charts
-// with bands, and a small SVG plot for the few-point panels (lr sensitivity, parallel axes).
+// with bands and log axes lined at decades, and a small SVG plot for the few-point panels (lr
+// sensitivity, parallel axes).
 "use strict";
 
 const Charts = (() => {
@@ -52,53 +53,109 @@ const Charts = (() => {
   // A log scale cannot show zero or less: those values become gaps.
   const positive = (values) => values.map((v) => (v !== null && v > 0 ? v : null));
 
-  // lines: [{label, values, colour, dash?, band?: {lo, hi, fill}}] over x; one uPlot chart.
-  function lineChart(div, x, lines, { log = true, xLabel = "epoch", yLabel = "", xLog = false } = {}) {
-    const series = [{ label: xLabel }];
-    const data = [x];
-    const bands = [];
-    const fix = log ? positive : (v) => v;
+  // Log axes get a line per decade only (uPlot's default also draws 2..9 in every decade, which
+  // turns squeezed decades into grey stripes); under two decades, 1-2-5 so that labels remain.
+  function logSplits(u, axisIdx, min, max) {
+    const lo = Math.floor(Math.log10(min)), hi = Math.ceil(Math.log10(max));
+    const steps = Math.log10(max / min) < 2 ? [1, 2, 5] : [1];
+    const splits = [];
+    for (let p = lo; p <= hi; p++) {
+      for (const m of steps) {
+        const v = +(m * 10 ** p).toPrecision(6);
+        if (v >= min * (1 - 1e-9) && v <= max * (1 + 1e-9)) splits.push(v);
+      }
+    }
+    return splits.length ? splits : [min, max];
+  }
+
+  const logTick = (v) => (v === null ? "" : v >= 1e5 || v < 1e-3 ? v.toExponential(0).replace("+", "") : v.toLocaleString("en-US"));
+
+  // uPlot pads a log range out to whole decades (often an empty one); 5% of the span is enough.
+  function logRange(u, min, max) {
+    if (min === null || max === null) return [0.1, 1];
+    const pad = 10 ** (0.05 * (Math.log10(max / min) || 1));
+    return [min / pad, max * pad];
+  }
+
+  function axis(label, log, extra = {}) {
+    if (!log) return { label, ...extra };
+    return { label, ...extra, splits: logSplits, values: (u, splits) => splits.map(logTick) };
+  }
+
+  // lines → uPlot series and data; each line's group names the series it owns (its mean line,
+  // then its band's max and min edges) so that a hover can dim or light them together.
+  function seriesOf(lines, xLabel, fix) {
+    const series = [{ label: xLabel }], data = [], bands = [], groups = [];
     for (const line of lines) {
+      const group = { key: line.key ?? line.label, label: line.label, colour: line.colour, mean: series.length, series: [series.length] };
       series.push({ label: line.label, stroke: line.colour, width: 1.5, dash: line.dash, points: { show: false } });
       data.push(fix(line.values));
       if (line.band) {
-        const hi = data.length;
+        const hi = series.length;
         series.push({ label: `${line.label} max`, stroke: "transparent", points: { show: false } });
         series.push({ label: `${line.label} min`, stroke: "transparent", points: { show: false } });
         data.push(fix(line.band.hi), fix(line.band.lo));
         bands.push({ series: [hi, hi + 1], fill: line.band.fill });
+        group.series.push(hi, hi + 1);
       }
+      groups.push(group);
     }
+    return { series, data, bands, groups };
+  }
+
+  const drawn = new WeakMap(); // div → its chart and resize handler, released when redrawn
+
+  function release(div) {
+    const old = drawn.get(div);
+    if (!old) return;
+    window.removeEventListener("resize", old.resize);
+    old.chart.destroy();
+    drawn.delete(div);
+  }
+
+  // lines: [{label, values, colour, key?, dash?, band?: {lo, hi, fill}}] over x; one uPlot chart.
+  // Hovering it names the nearest line (ChartFocus); chart.highlight(key) lights one line from
+  // outside, and onFocus(key or null) hears which line the reader points at.
+  function lineChart(div, x, lines, { log = true, xLabel = "epoch", yLabel = "", xLog = false, onFocus = null } = {}) {
+    const { series, data, bands, groups } = seriesOf(lines, xLabel, log ? positive : (v) => v);
+    release(div);
     div.textContent = "";
+    // Epochs and trial counts are whole numbers: no tick at 1.5.
+    const wholeTicks = xLog ? {} : { incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] };
+    const focus = ChartFocus.plugin(groups, onFocus);
     const chart = new uPlot(
       {
         width: Math.max(320, div.clientWidth || 800),
         height: HEIGHT,
-        scales: { x: { time: false, distr: xLog ? 3 : 1 }, y: { distr: log ? 3 : 1 } },
-        // Epochs and trial counts are whole numbers: no tick at 1.5.
-        axes: [{ label: xLabel, incrs: xLog ? undefined : [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }, { label: yLabel, size: 60 }],
+        scales: { x: { time: false, distr: xLog ? 3 : 1 }, y: log ? { distr: 3, range: logRange } : {} },
+        axes: [axis(xLabel, xLog, wholeTicks), axis(yLabel, log, { size: 60 })],
         series,
         bands,
         legend: { show: false }, // it would list every band's edges: ours names the lines only
-        cursor: { drag: { x: true, y: true } },
+        cursor: { drag: { x: true, y: true }, points: { show: false } },
+        plugins: [focus],
       },
-      data,
+      [x, ...data],
       div,
     );
+    chart.highlight = focus.highlight;
     if (lines.length <= 12) {
       div.append(OL.el("ul", { class: "legend inline" }, ...lines.map((l) => OL.el("li", {}, OL.swatch(l.colour), l.label))));
     }
-    window.addEventListener("resize", () => chart.setSize({ width: Math.max(320, div.clientWidth), height: HEIGHT }));
+    const resize = () => chart.setSize({ width: Math.max(320, div.clientWidth), height: HEIGHT });
+    window.addEventListener("resize", resize);
+    drawn.set(div, { chart, resize });
     return chart;
   }
 
   // A sweep's configurations as mean lines with min..max bands, coloured per optimizer.
-  function configCurves(div, aggregated, colours, metric) {
+  function configCurves(div, aggregated, colours, metric, onFocus = null) {
     const lines = aggregated.configs.map((c) => {
       const colour = colours.get(c.hash) || { line: "#444", band: "rgba(0,0,0,0.1)" };
-      return { label: OL.label(c.config), values: c.mean, colour: colour.line, band: { lo: c.lo, hi: c.hi, fill: colour.band } };
+      const band = { lo: c.lo, hi: c.hi, fill: colour.band };
+      return { key: c.hash, label: OL.label(c.config), values: c.mean, colour: colour.line, band };
     });
-    const chart = lineChart(div, aggregated.x, lines, { log: metric.includes("loss"), yLabel: metric });
+    const chart = lineChart(div, aggregated.x, lines, { log: metric.includes("loss"), yLabel: metric, onFocus });
     div.dataset.bands = String(lines.length);
     div.dataset.points = String(aggregated.configs.reduce((n, c) => n + c.points, 0));
     return chart;

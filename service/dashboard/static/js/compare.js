@@ -12,6 +12,12 @@
     return texts.map((t) => (t instanceof Node ? el("td", {}, t) : el("td", { text: t })));
   }
 
+  function heads(...names) {
+    $("compare-table").tHead.rows[0].replaceChildren(...names.map((name) => el("th", { text: name })));
+  }
+
+  const jobConfig = (job) => (job.config ? label(job.config) : `${job.optimizer} lr=${num(job.spec.optimizer.lr)}`);
+
   async function jobs(ids) {
     const answers = await Promise.all(ids.map((id) => Promise.all([json(`/v1/jobs/${id}`), json(`/v1/jobs/${id}/metrics`)])));
     const hue = colours(answers.map(([job]) => ({ hash: String(job.id), config: { "optimizer.name": job.optimizer, id: job.id } })));
@@ -19,16 +25,17 @@
     const x = Array.from({ length: longest }, (_, i) => i + 1);
     const lines = answers.map(([job, m]) => {
       const byEpoch = new Map(m.rows.map((r) => [r.epoch, r.val_loss ?? r.train_loss]));
-      return { label: `job ${job.id}`, values: x.map((e) => byEpoch.get(e) ?? null), colour: hue.get(String(job.id)).line };
+      const values = x.map((e) => byEpoch.get(e) ?? null);
+      return { key: String(job.id), label: `${job.id} · ${jobConfig(job)}`, values, colour: hue.get(String(job.id)).line };
     });
     const rows = answers.map(([job]) =>
       el("tr", { "data-job-id": job.id }, ...cells(
-        el("span", {}, swatch(hue.get(String(job.id)).line), el("a", { href: `/jobs/${job.id}`, text: `job ${job.id}` })),
-        job.config ? label(job.config) : `${job.optimizer} lr=${num(job.spec.optimizer.lr)}`,
-        job.status, num(job.summary.final_val_loss), num(job.summary.best_val_loss),
+        el("span", {}, swatch(hue.get(String(job.id)).line), el("a", { href: `/jobs/${job.id}`, text: String(job.id) })),
+        jobConfig(job), job.status, num(job.summary.final_val_loss), num(job.summary.best_val_loss),
       )),
     );
     $("compare-title").textContent = `Compare jobs ${ids.join(", ")}`;
+    heads("job", "configuration", "status", "final val_loss", "best val_loss");
     return { x, lines, rows };
   }
 
@@ -44,16 +51,17 @@
     const hue = colours(chosen.map((r) => ({ hash: r.config_hash, config: r.config })));
     const aggregated = Charts.aggregate(bulk, "val_loss", (hash) => keep.has(hash));
     const lines = aggregated.configs.map((c) => ({
-      label: label(c.config), values: c.mean, colour: hue.get(c.hash).line,
+      key: c.hash, label: label(c.config), values: c.mean, colour: hue.get(c.hash).line,
       band: { lo: c.lo, hi: c.hi, fill: hue.get(c.hash).band },
     }));
     const rows = chosen.map((r) =>
       el("tr", { "data-config": r.config_hash }, ...cells(
         el("span", {}, swatch(hue.get(r.config_hash).line), `#${r.rank}`),
-        label(r.config), `n ${r.n}/${r.jobs}`, "—", `${num(r.mean)} (mean over seeds)`,
+        label(r.config), `${r.n}/${r.jobs}`, num(r.mean), `${num(r.min)} … ${num(r.max)}`,
       )),
     );
     $("compare-title").textContent = `Compare configurations of sweep ${sweepId}`;
+    heads("rank", "configuration", "runs", "best val_loss (mean over seeds)", "min … max");
     return { x: aggregated.x, lines, rows };
   }
 
@@ -62,7 +70,8 @@
     const sweep = query.get("sweep");
     const div = $("compare-curves");
     if (!ids.length && !(sweep && /^\d+$/.test(sweep))) {
-      div.replaceChildren(el("p", { class: "muted", text: "Nothing to compare: add ?jobs=1,2 or ?sweep=ID." }));
+      div.replaceChildren(el("p", { text: "Nothing to compare yet: name jobs or a sweep in the address (below)." }));
+      $("compare-table").hidden = true;
       return ready();
     }
     const wanted = (query.get("configs") || "").split(",").filter((h) => /^[0-9a-f]{4,64}$/.test(h));

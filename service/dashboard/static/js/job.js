@@ -18,6 +18,20 @@
     return el("a", { href, text });
   }
 
+  // The spec as indented JSON, less its null values (defaults the server left unset: noise), and
+  // with short lists of numbers or strings on one line ("betas": [0.9, 0.999]).
+  function pretty(value, indent = "") {
+    if (value === null || typeof value !== "object") return JSON.stringify(value);
+    const list = Array.isArray(value);
+    if (list && value.every((v) => v === null || typeof v !== "object")) return `[${value.map((v) => JSON.stringify(v)).join(", ")}]`;
+    const inner = `${indent}  `;
+    const entries = list
+      ? value.map((v) => inner + pretty(v, inner))
+      : Object.entries(value).filter(([, v]) => v !== null).map(([k, v]) => `${inner}${JSON.stringify(k)}: ${pretty(v, inner)}`);
+    const [open, close] = list ? ["[", "]"] : ["{", "}"];
+    return entries.length ? `${open}\n${entries.join(",\n")}\n${indent}${close}` : open + close;
+  }
+
   function drawJob(job) {
     state.job = job;
     $("job-name").textContent = job.name ? `${job.name} (job ${job.id})` : `Job ${job.id}`;
@@ -43,7 +57,7 @@
     );
     $("job-error").hidden = !job.error;
     $("job-error").textContent = job.error || "";
-    const spec = JSON.stringify(job.spec, null, 2);
+    const spec = pretty(job.spec);
     if ($("spec").textContent !== spec) $("spec").textContent = spec;
   }
 

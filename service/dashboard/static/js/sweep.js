@@ -11,7 +11,7 @@
   const STATUSES = ["queued", "running", "succeeded", "failed", "diverged", "pruned", "cancelled"];
   const METRICS_URL = `/v1/sweeps/${id}/metrics?columns=val_loss,val_accuracy`;
   const REFRESH_MS = 2000;
-  const state = { sweep: null, board: null, bulk: null, etag: null, colours: new Map() };
+  const state = { sweep: null, board: null, bulk: null, etag: null, colours: new Map(), chart: null };
 
   async function metrics() {
     const headers = state.etag ? { "If-None-Match": state.etag } : {};
@@ -61,17 +61,33 @@
     $("leaderboard").tBodies[0].replaceChildren(...board.rows.map(leaderboardRow));
   }
 
+  // The leaderboard and the curves name the same configurations: pointing at a row lights its
+  // line and band (the others dim), pointing at a line marks its row.
+  function markRow(hash) {
+    for (const tr of $("leaderboard").tBodies[0].rows) tr.classList.toggle("focused", tr.dataset.config === hash);
+  }
+
+  function linkLeaderboard() {
+    const body = $("leaderboard").tBodies[0];
+    body.addEventListener("mouseover", (event) => {
+      const row = event.target.closest("tr[data-config]");
+      if (row && state.chart) state.chart.highlight(row.dataset.config);
+    });
+    body.addEventListener("mouseleave", () => state.chart && state.chart.highlight(null));
+  }
+
   function drawCurves() {
     const metric = $("curve-metric").value;
     const div = $("curves");
     const aggregated = Charts.aggregate(state.bulk, metric);
+    state.chart = null;
     if (!aggregated.configs.length) {
       div.replaceChildren(el("p", { class: "muted", text: `No ${metric} recorded yet.` }));
       div.dataset.bands = "0";
       div.dataset.points = "0";
       return;
     }
-    Charts.configCurves(div, aggregated, state.colours, metric);
+    state.chart = Charts.configCurves(div, aggregated, state.colours, metric, markRow);
   }
 
   async function cancel() {
@@ -111,6 +127,7 @@
     drawCurves();
     $("curve-metric").addEventListener("change", drawCurves);
     $("cancel-sweep").addEventListener("click", cancel);
+    linkLeaderboard();
     ready();
     SweepPanels.load(id, sweep, board);
     if (!sweep.done) await follow(`/v1/sweeps/${id}`, sweep.state_token, refresh, (s) => s.done);
