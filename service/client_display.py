@@ -13,39 +13,10 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
+from service.labels import flatten as flatten  # re-exported: their home is service.labels
+from service.labels import label as label
+
 TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled", "pruned"})
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"optimizer": {"name": "sgd", "lr": 0.1}} → {"optimizer.name": "sgd", "optimizer.lr": 0.1}."""
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat |= flatten(value, f"{path}.")
-        else:
-            flat[path] = value
-    return flat
-
-
-def label(flat: Mapping[str, Any]) -> str:
-    """A short, stable name for a configuration, grouped by the spec's top-level key:
-    ``sgd lr=0.01 momentum=0.9 | step_lr step_size=10 gamma=0.1``, ``lr=0.1``, ``scheduler=none``."""
-    if not flat:
-        return "base"
-    groups: dict[str, list[str]] = {}
-    for path, value in flat.items():
-        top, _, rest = path.partition(".")
-        parts = groups.setdefault(top, [])
-        leaf = rest.rsplit(".", 1)[-1] if rest else top
-        if value is None:
-            parts.append(f"{top}=none")
-        elif leaf == "name" and rest:
-            parts.insert(0, str(value))
-        else:
-            parts.append(f"{leaf}={value}")
-    return " | ".join(" ".join(parts) for parts in groups.values())
-
 
 ABBREVIATIONS = {"momentum": "m", "weight_decay": "wd", "dampening": "damp", "batch_size": "bs"}
 """Leaf names a terse label shortens: the knobs a grid varies most."""
@@ -76,7 +47,8 @@ def short_label(flat: Mapping[str, Any]) -> str:
         if value is None:
             words.append(f"{'sched' if top == 'scheduler' else top}=none")
         elif leaf == "name" and rest:
-            words.insert(0, str(value).removesuffix("_lr").replace("_annealing", ""))
+            chain = str(value).split("→")  # a chain of schedulers: each name short
+            words.insert(0, "→".join(name.removesuffix("_lr").replace("_annealing", "") for name in chain))
         else:
             shown = f"{value:g}" if isinstance(value, float) else str(value)
             words.append(f"{ABBREVIATIONS.get(leaf, leaf)}={shown}")
@@ -107,12 +79,37 @@ def _without(flat: Mapping[str, Any], paths: set[str]) -> dict[str, Any]:
     return {path: value for path, value in flat.items() if path not in paths}
 
 
-def detail_lines(detail: Any) -> list[str]:
+def detail_lines(detail: Any, width: int | None = None) -> list[str]:
     """The server's error detail as lines: a validation error's each ``field: msg`` (the field a
-    JSON path such as ``spec.optimizer.lr``), anything else as its text."""
-    if isinstance(detail, list):
-        return [f"{d.get('field') or 'body'}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail]
-    return [str(detail)]
+    JSON path such as ``spec.optimizer.lr``), anything else as its text. The same problem in many
+    sweep combinations is one line: how many have it and one of them, cut to ``width``."""
+    if not isinstance(detail, list):
+        return [str(detail)]
+    groups: dict[str, list[Any]] = {}  # the line -> the combinations that have it
+    for entry in detail:
+        if not isinstance(entry, dict):
+            groups.setdefault(str(entry), [])
+            continue
+        field, msg, combination = entry.get("field") or "body", str(entry.get("msg")), entry.get("combination")
+        if combination is not None:  # the server spells the combination out in each msg
+            msg = msg.removeprefix(f"combination {json.dumps(combination, sort_keys=True)}: {field}: ")
+        groups.setdefault(f"{field}: {msg}", []).append(combination)
+    return [_with_example(line, [c for c in found if c is not None], width) for line, found in groups.items()]
+
+
+def _with_example(line: str, combinations: list[Any], width: int | None) -> str:
+    """``line`` and, for a sweep's problem, how many combinations have it and the first of them,
+    the example cut (never the problem) to fit ``width``."""
+    if not combinations:
+        return line
+    count = f"{len(combinations)} combination{'s' if len(combinations) > 1 else ''}"
+    example = json.dumps(combinations[0], sort_keys=True)
+    room = None if width is None else width - len(line) - len(f" (in {count}, e.g. )")
+    if room is not None and room < len(example):
+        if room < 12:  # too little to show anything useful of it
+            return f"{line} (in {count})"
+        example = example[: room - 1] + "…"
+    return f"{line} (in {count}, e.g. {example})"
 
 
 def lazy_module(name: str) -> ModuleType:

@@ -23,6 +23,7 @@ from service.auth.principal import Principal
 from service.db.models import Job, JobStatus
 from service.errors import InvalidFields, JobNotFound, field_error
 from service.jobs import repository as job_repository
+from service.labels import config_label, flatten
 from service.sweeps import repository as sweep_repository
 
 BETTER = sweep_repository.BETTER
@@ -49,26 +50,9 @@ def resolved_mode(metric: str, mode: str | None, which: str = "final") -> str:
 
 
 def label(optimizer: str, config: Mapping[str, Any]) -> str:
-    """A short name for a configuration, e.g. ``sgd lr=0.1 momentum=0.9`` (whole objects in the
-    grid, such as ``optimizer: {name: sgd, lr: 0.1}``, are named by their leaves)."""
-    flat = _flatten(config)
-    name = str(flat.pop("optimizer.name", optimizer))
-    parts = [f"{path.rsplit('.', 1)[-1]}={_short(value)}" for path, value in flat.items()]
-    return " ".join([name, *parts])
-
-
-def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for path, value in config.items():
-        if isinstance(value, Mapping) and value:
-            flat |= _flatten(value, f"{prefix}{path}.")
-        else:
-            flat[f"{prefix}{path}"] = value
-    return flat
-
-
-def _short(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    """A configuration's canonical name (``service.labels``), e.g. ``sgd lr=0.1 momentum=0.9`` or
+    ``adam lr=0.001 | scheduler=none``; named by ``optimizer`` when the sweep does not vary it."""
+    return config_label(config, optimizer)
 
 
 @dataclass(frozen=True)
@@ -240,7 +224,7 @@ def _group_key(job: JobValue) -> tuple[str, str]:
 
 
 def _without_lr(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {path: value for path, value in _flatten(config).items() if path != "optimizer.lr"}
+    return {path: value for path, value in flatten(config).items() if path != "optimizer.lr"}
 
 
 def divergence(session: Session, sweep_id: int, principal: Principal, *, metric: str, which: str) -> dict[str, Any]:

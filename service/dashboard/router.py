@@ -4,7 +4,8 @@ its static files (``/static``).
 A page is a shell: its layout and the ids its script fills, plus the ids it was asked for as
 ``data-`` attributes; the script fetches everything else from /v1 with the browser's key. So the
 shells and static files are served without a key, and leak nothing: a wrong id is a page whose
-requests answer 404. Static URLs carry ``?v=`` the hash of the static files, and only a request
+requests answer 404, and a path whose id is no id at all (``/jobs/abc``, ``/sweeps/0``) is an
+HTML page that says so, with status 404. Static URLs carry ``?v=`` the hash of the static files, and only a request
 naming the current hash is cached for a year: an upgrade changes every URL, and a URL without it
 revalidates.
 """
@@ -23,7 +24,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.responses import Response
 from starlette.types import Scope
 
-from service.schemas import Id
+from service.schemas import MAX_ID
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
@@ -61,7 +62,7 @@ def static_url(path: str) -> str:
     return f"/static/{path}?v={asset_version()}"
 
 
-templates.env.globals.update(static=static_url, uplot=UPLOT)
+templates.env.globals.update(static=static_url, uplot=UPLOT, max_id=MAX_ID)
 
 
 class DashboardStatic(StaticFiles):
@@ -81,11 +82,19 @@ def static_files() -> DashboardStatic:
     return DashboardStatic(directory=STATIC_DIR)
 
 
-def _page(request: Request, template: str, page: str, **ids: Any) -> HTMLResponse:
+def _page(request: Request, template: str, page: str, status_code: int = 200, **ids: Any) -> HTMLResponse:
     context = {"page": page, "ids": ids}
-    response = templates.TemplateResponse(request, template, context)
+    response = templates.TemplateResponse(request, template, context, status_code=status_code)
     response.headers.update(SECURITY_HEADERS)
     return response
+
+
+def _object_page(request: Request, template: str, page: str, kind: str, raw: str) -> HTMLResponse:
+    """An object's page, or (for a path that names no id: ``abc``, ``-1``, ``0``, beyond
+    ``MAX_ID``) the not-found page with status 404, as HTML rather than /v1's JSON 422."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_ID)) and 1 <= int(raw) <= MAX_ID:
+        return _page(request, template, page, **{f"{kind}_id": int(raw)})
+    return _page(request, "not_found.html", "not-found", status_code=404, kind=kind, asked=raw)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -95,15 +104,15 @@ def sweeps_page(request: Request) -> HTMLResponse:
 
 
 @router.get("/sweeps/{sweep_id}", response_class=HTMLResponse)
-def sweep_page(request: Request, sweep_id: Id) -> HTMLResponse:
+def sweep_page(request: Request, sweep_id: str) -> HTMLResponse:
     """One sweep: leaderboard, curves per configuration, lr sensitivity, verdicts."""
-    return _page(request, "sweep.html", "sweep", sweep_id=sweep_id)
+    return _object_page(request, "sweep.html", "sweep", "sweep", sweep_id)
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
-def job_page(request: Request, job_id: Id) -> HTMLResponse:
+def job_page(request: Request, job_id: str) -> HTMLResponse:
     """One job: status, spec, attempts, and its curves growing while it runs."""
-    return _page(request, "job.html", "job", job_id=job_id)
+    return _object_page(request, "job.html", "job", "job", job_id)
 
 
 @router.get("/compare", response_class=HTMLResponse)

@@ -62,7 +62,7 @@ def test_every_page_is_a_shell_with_its_scripts(client: TestClient, path: str, p
     html = response.text
     assert f'data-page="{page}"' in html
     version = asset_version()
-    for name in ("js/common.js", "js/charts.js", f"js/{script}", f"{UPLOT}/uPlot.iife.min.js"):
+    for name in ("js/common.js", "js/configs.js", "js/charts.js", f"js/{script}", f"{UPLOT}/uPlot.iife.min.js"):
         assert f'<script defer src="/static/{name}?v={version}"></script>' in html
     for dom_id in ('id="key-form"', 'id="api-key"', 'id="key-save"', 'id="error"'):
         assert dom_id in html
@@ -81,7 +81,24 @@ def test_a_page_names_its_object_for_its_script(client: TestClient) -> None:
     assert 'id="budget"' in sweep
     for dom_id in ("job-status", "cancel-job", "spec", "job-curve"):
         assert f'id="{dom_id}"' in client.get("/jobs/9").text
-    assert client.get("/sweeps/0").status_code == 422  # ids are validated like /v1's
+
+
+@pytest.mark.parametrize(
+    "path", ["/sweeps/0", "/sweeps/abc", "/jobs/-1", "/jobs/abc", "/jobs/99999999999999999999", "/jobs/2147483648"]
+)
+def test_a_path_that_names_no_id_is_an_html_not_found_page(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/html")
+    assert 'id="not-found"' in response.text
+    assert "There is no" in response.text
+    assert "{" not in response.text.split("<main>", 1)[1]  # no JSON body
+
+
+def test_the_not_found_page_escapes_what_was_asked(client: TestClient) -> None:
+    html = client.get("/jobs/%3Cimg%20src=x%20onerror=alert(1)%3E").text
+    assert "<img" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
 
 
 def test_static_files_are_versioned_and_cached_for_a_year(client: TestClient) -> None:

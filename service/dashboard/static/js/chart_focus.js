@@ -38,7 +38,7 @@ const ChartFocus = (() => {
   }
 
   function placeTip(u, tip, g) {
-    tip.replaceChildren(OL.swatch(g.colour), tipText(u, g));
+    tip.replaceChildren(OL.swatch(g.colour, g.dash), tipText(u, g));
     tip.hidden = false;
     const y = u.valToPos(u.data[g.mean][u.cursor.idx], "y");
     const right = u.cursor.left + GAP + tip.offsetWidth > u.over.clientWidth;

@@ -87,8 +87,8 @@ const Charts = (() => {
   function seriesOf(lines, xLabel, fix) {
     const series = [{ label: xLabel }], data = [], bands = [], groups = [];
     for (const line of lines) {
-      const group = { key: line.key ?? line.label, label: line.label, colour: line.colour, mean: series.length, series: [series.length] };
-      series.push({ label: line.label, stroke: line.colour, width: 1.5, dash: line.dash, points: { show: false } });
+      const group = { key: line.key ?? line.label, label: line.label, colour: line.colour, dash: line.dash, mean: series.length, series: [series.length] };
+      series.push({ label: line.label, stroke: line.colour, width: 1.5, dash: line.dash || undefined, points: { show: false } });
       data.push(fix(line.values));
       if (line.band) {
         const hi = series.length;
@@ -140,7 +140,7 @@ const Charts = (() => {
     );
     chart.highlight = focus.highlight;
     if (lines.length <= 12) {
-      div.append(OL.el("ul", { class: "legend inline" }, ...lines.map((l) => OL.el("li", {}, OL.swatch(l.colour), l.label))));
+      div.append(OL.el("ul", { class: "legend inline" }, ...lines.map((l) => OL.el("li", {}, OL.swatch(l.colour, l.dash), l.label))));
     }
     const resize = () => chart.setSize({ width: Math.max(320, div.clientWidth), height: HEIGHT });
     window.addEventListener("resize", resize);
@@ -148,12 +148,13 @@ const Charts = (() => {
     return chart;
   }
 
-  // A sweep's configurations as mean lines with min..max bands, coloured per optimizer.
-  function configCurves(div, aggregated, colours, metric, onFocus = null) {
+  // A sweep's configurations as mean lines with min..max bands, styled as Configs.styles says
+  // (hue per optimizer, shade per setting, dash per schedule) and named by labelOf(config).
+  function configCurves(div, aggregated, styles, metric, { onFocus = null, labelOf = Configs.label } = {}) {
     const lines = aggregated.configs.map((c) => {
-      const colour = colours.get(c.hash) || { line: "#444", band: "rgba(0,0,0,0.1)" };
-      const band = { lo: c.lo, hi: c.hi, fill: colour.band };
-      return { key: c.hash, label: OL.label(c.config), values: c.mean, colour: colour.line, band };
+      const style = styles.get(c.hash) || { line: "#444", band: "rgba(0,0,0,0.1)", dash: null };
+      const band = { lo: c.lo, hi: c.hi, fill: style.band };
+      return { key: c.hash, label: labelOf(c.config), values: c.mean, colour: style.line, dash: style.dash, band };
     });
     const chart = lineChart(div, aggregated.x, lines, { log: metric.includes("loss"), yLabel: metric, onFocus });
     div.dataset.bands = String(lines.length);
@@ -170,15 +171,22 @@ const Charts = (() => {
     return node;
   }
 
-  // A linear or log scale from [lo, hi] onto [a, b] pixels, with a few tick values.
-  function scale(lo, hi, a, b, log) {
+  // A linear or log scale from the data's [lo, hi] onto [a, b] pixels, with a few tick values.
+  // With `padded`, the range grows 6% of its span each side, so no point sits on a border, and a
+  // log range that spans a decade or more reaches the decades around the data, so that ticks
+  // bracket it (a narrower one gets 1-2-5 ticks instead).
+  function scale(lo, hi, a, b, log, padded = false) {
     const f = log ? Math.log10 : (v) => v;
     let [l, h] = [f(lo), f(hi)];
     if (!(h > l)) [l, h] = [l - 0.5, h + 0.5];
+    const pad = padded ? Math.max(0.06 * (h - l), log ? 0.05 : 0) : 0;
+    const wide = padded && log && h - l >= 1;
+    [l, h] = [wide ? Math.min(Math.floor(l), l - pad) : l - pad, wide ? Math.max(Math.ceil(h), h + pad) : h + pad];
     const map = (v) => a + ((f(v) - l) / (h - l)) * (b - a);
     const ticks = [];
-    if (log) for (let p = Math.floor(l); p <= Math.ceil(h); p++) ticks.push(10 ** p);
-    else for (let i = 0; i <= 4; i++) ticks.push(lo + ((hi - lo) * i) / 4);
+    const steps = padded && !wide ? [1, 2, 5] : [1];
+    if (log) for (let p = Math.floor(l); p <= Math.ceil(h); p++) for (const m of steps) ticks.push(+(m * 10 ** p).toPrecision(6));
+    else for (let i = 0; i <= 4; i++) ticks.push(l + ((h - l) * i) / 4);
     map.ticks = ticks.filter((t) => f(t) >= l - 1e-9 && f(t) <= h + 1e-9);
     return map;
   }

@@ -1,6 +1,6 @@
 // What every page shares: requests to /v1 with the session's key (and the key form a 401 opens),
 // the error line, the ready signal the browser tests and timings wait for, long-polling, small
-// DOM and number helpers, and one colour per optimizer. A classic script (not an ES module) so
+// DOM and number helpers (labels and colours: configs.js). A classic script (not an ES module) so
 // that every file is loaded through a versioned, long-cached URL: module imports would not be.
 "use strict";
 
@@ -120,52 +120,32 @@ const OL = (() => {
     return value.toExponential(digits - 1);
   }
 
-  // A configuration ({"optimizer.name": "adam", "optimizer.lr": 0.01}) as "adam lr=0.01".
-  function label(config) {
-    const parts = [];
-    for (const [path, value] of Object.entries(config || {})) {
-      if (path === "optimizer.name") parts.unshift(String(value));
-      else parts.push(`${path.split(".").pop()}=${typeof value === "number" ? num(value) : JSON.stringify(value)}`);
-    }
-    return parts.join(" ") || "(base spec)";
-  }
-
-  // As service/plots_curves.py: one hue per optimizer, its settings as shades of it (lighter to
-  // darker in natural order); without optimizer.name, every configuration is its own optimizer.
-  const HUES = [[210, 70], [28, 90], [120, 55], [0, 70], [275, 45], [0, 0], [60, 60], [320, 60], [185, 70], [20, 45]];
-  function colours(configs) {
-    const groups = new Map();
-    for (const config of configs) {
-      const name = String(config.config["optimizer.name"] ?? label(config.config));
-      if (!groups.has(name)) groups.set(name, []);
-      groups.get(name).push(config);
-    }
-    const names = [...groups.keys()].sort();
-    const byHash = new Map();
-    names.forEach((name, i) => {
-      const members = groups.get(name).sort((a, b) => label(a.config).localeCompare(label(b.config), undefined, { numeric: true }));
-      const [hue, sat] = names.length > HUES.length ? [(360 * i) / names.length, 65] : HUES[i % HUES.length];
-      members.forEach((m, j) => {
-        const light = members.length === 1 ? 45 : 68 - (36 * j) / (members.length - 1);
-        byHash.set(m.hash, { line: `hsl(${hue} ${sat}% ${light}%)`, band: `hsl(${hue} ${sat}% ${light}% / 0.14)` });
-      });
-    });
-    return byHash;
-  }
-
-  function swatch(colour) {
-    const box = el("span", { class: "swatch" });
-    box.style.background = colour;
+  // A legend's mark: a box, or a dashed stroke for a line drawn dashed (a schedule).
+  function swatch(colour, dash) {
+    const box = el("span", { class: dash ? "swatch dashed" : "swatch" });
+    if (dash) box.style.borderTopColor = colour;
+    else box.style.background = colour;
     return box;
+  }
+
+  // A page that could not load says so where it said "loading…", and its actions stand down.
+  function failed(error) {
+    showError(error.message);
+    for (const node of document.querySelectorAll(".loading")) {
+      node.textContent = `not loaded: ${error.message}`;
+      node.classList.replace("loading", "load-failed");
+    }
+    for (const button of document.querySelectorAll("main button")) {
+      button.disabled = true;
+      button.setAttribute("aria-disabled", "true");
+    }
+    document.body.dataset.failed = "1"; // never ready: a test waiting for it can stop here
   }
 
   function whenLoaded(start) {
     setUpKeyForm();
-    start().catch((error) => {
-      showError(error.message);
-      document.body.dataset.failed = "1"; // never ready: a test waiting for it can stop here
-    });
+    start().catch(failed);
   }
 
-  return { $, el, showError, request, json, post, ready, sleep, follow, num, label, colours, swatch, whenLoaded };
+  return { $, el, showError, request, json, post, ready, sleep, follow, num, swatch, whenLoaded };
 })();

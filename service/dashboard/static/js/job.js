@@ -45,7 +45,7 @@
     $("job-facts").replaceChildren(
       ...fact("optimizer", job.optimizer),
       ...fact("sweep", job.sweep_id ? link(`/sweeps/${job.sweep_id}`, `sweep ${job.sweep_id}`) : "—"),
-      ...fact("configuration", job.config ? OL.label(job.config) : "—"),
+      ...fact("configuration", job.config ? Configs.configLabel(job.config, job.optimizer) : "—"),
       ...fact("epochs", `${state.epochs.length} / ${s.epochs_total ?? "?"}`),
       ...fact("best val_loss", `${num(s.best_val_loss)}${s.best_epoch ? ` (epoch ${s.best_epoch})` : ""}`),
       ...fact("attempt", String(job.attempt)),

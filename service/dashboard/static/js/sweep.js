@@ -6,12 +6,15 @@
 "use strict";
 
 (() => {
-  const { $, el, json, request, post, num, label, colours, swatch, ready, follow, whenLoaded, showError } = OL;
+  const { $, el, json, request, post, num, swatch, ready, follow, whenLoaded, showError } = OL;
   const id = document.body.dataset.sweepId;
   const STATUSES = ["queued", "running", "succeeded", "failed", "diverged", "pruned", "cancelled"];
   const METRICS_URL = `/v1/sweeps/${id}/metrics?columns=val_loss,val_accuracy`;
   const REFRESH_MS = 2000;
-  const state = { sweep: null, board: null, bulk: null, etag: null, colours: new Map(), chart: null };
+  const state = { sweep: null, board: null, bulk: null, etag: null, styles: new Map(), chart: null };
+
+  // The canonical label (configs.js), named by the base spec's optimizer when the grid keeps it.
+  const labelOf = (config) => Configs.configLabel(config, state.sweep?.template?.optimizer?.name);
 
   async function metrics() {
     const headers = state.etag ? { "If-None-Match": state.etag } : {};
@@ -36,14 +39,14 @@
   }
 
   function leaderboardRow(row) {
-    const colour = state.colours.get(row.config_hash);
+    const style = state.styles.get(row.config_hash);
     const ci = row.mean !== null && row.ci95_high !== null ? ` ± ${num(row.ci95_high - row.mean, 2)}` : "";
-    const link = el("a", { href: `/compare?sweep=${id}&configs=${row.config_hash}`, text: label(row.config) });
+    const link = el("a", { href: `/compare?sweep=${id}&configs=${row.config_hash}`, text: labelOf(row.config) });
     return el(
       "tr",
       { "data-config": row.config_hash },
       el("td", { class: "n", text: String(row.rank) }),
-      el("td", {}, colour ? swatch(colour.line) : null, link),
+      el("td", {}, style ? swatch(style.line, style.dash) : null, link),
       el("td", { class: "n", text: `${row.n}/${row.jobs}` }),
       el("td", { class: "n", text: `${num(row.mean)}${ci}` }),
       el("td", { class: "n", text: num(row.min) }),
@@ -57,7 +60,7 @@
 
   function drawLeaderboard(board) {
     state.board = board;
-    state.colours = colours(board.rows.map((r) => ({ hash: r.config_hash, config: r.config })));
+    state.styles = Configs.styles(board.rows.map((r) => ({ hash: r.config_hash, config: r.config })));
     $("leaderboard").tBodies[0].replaceChildren(...board.rows.map(leaderboardRow));
   }
 
@@ -87,7 +90,7 @@
       div.dataset.points = "0";
       return;
     }
-    state.chart = Charts.configCurves(div, aggregated, state.colours, metric, markRow);
+    state.chart = Charts.configCurves(div, aggregated, state.styles, metric, { onFocus: markRow, labelOf });
   }
 
   async function cancel() {

@@ -5,7 +5,7 @@
 "use strict";
 
 const SweepPanels = (() => {
-  const { $, el, json, num, colours, swatch } = OL;
+  const { $, el, json, num, swatch } = OL;
   const { svg, scale } = Charts;
   const W = 560, H = 300, M = { left: 56, right: 12, top: 18, bottom: 34 };
 
@@ -31,21 +31,23 @@ const SweepPanels = (() => {
   function divergence(div, answer) {
     const groups = answer.groups.filter((g) => g.lrs.length);
     const runs = groups.flatMap((g) => g.lrs.flatMap((l) => l.jobs.map((j) => ({ ...j, lr: l.lr }))));
-    const values = runs.map((r) => r.value).filter((v) => v !== null && v > 0);
+    // A diverged run is drawn as a cross on the top edge, so its (huge) last value sets no range.
+    const values = runs.filter((r) => r.status !== "diverged").map((r) => r.value).filter((v) => v !== null && v > 0);
     if (!runs.length) return note(div, "— no learning rates to compare");
     const lrs = runs.map((r) => r.lr);
     const log = answer.metric.includes("loss");
-    const x = scale(Math.min(...lrs), Math.max(...lrs), M.left, W - M.right, true);
-    const y = scale(values.length ? Math.min(...values) : 1, values.length ? Math.max(...values) : 10, H - M.bottom, M.top + 12, log);
+    const x = scale(Math.min(...lrs), Math.max(...lrs), M.left, W - M.right, true, true);
+    const y = scale(values.length ? Math.min(...values) : 1, values.length ? Math.max(...values) : 10, H - M.bottom, M.top + 16, log, true);
     const plot = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "plot", role: "img" });
     axes(plot, x, y, "lr (log)", `${answer.which} ${answer.metric}`);
-    const hue = colours(groups.map((g) => ({ hash: g.group, config: g.config })));
+    const hue = Configs.styles(groups.map((g) => ({ hash: g.group, config: { "optimizer.name": g.optimizer, ...g.config } })));
     const legend = el("ul", { class: "legend" });
     let diverged = 0;
     for (const g of groups) {
-      const colour = hue.get(g.group).line;
+      const { line: colour, dash } = hue.get(g.group);
       const means = g.lrs.filter((l) => l.mean !== null && l.mean > 0).map((l) => `${x(l.lr)},${y(l.mean)}`);
-      if (means.length > 1) plot.append(svg("polyline", { points: means.join(" "), stroke: colour, fill: "none" }));
+      const stroke = { stroke: colour, fill: "none", ...(dash ? { "stroke-dasharray": dash.join(" ") } : {}) };
+      if (means.length > 1) plot.append(svg("polyline", { points: means.join(" "), ...stroke }));
       for (const l of g.lrs) {
         for (const j of l.jobs) {
           if (j.status === "diverged" || j.value === null) {
@@ -58,7 +60,7 @@ const SweepPanels = (() => {
       }
       const stable = g.stable_max_lr !== null ? `stable up to lr ${num(g.stable_max_lr)}` : "no lr without divergence";
       const lost = g.diverged_min_lr !== null ? `, all diverge from ${num(g.diverged_min_lr)}` : "";
-      legend.append(el("li", {}, swatch(colour), `${g.group}: ${stable}${lost}`));
+      legend.append(el("li", {}, swatch(colour, dash), `${g.group}: ${stable}${lost}`));
     }
     div.dataset.diverged = String(diverged);
     div.replaceChildren(plot, legend);
@@ -82,7 +84,7 @@ const SweepPanels = (() => {
     const longest = Math.max(...groups.map((g) => g.k.length));
     const x = Array.from({ length: longest }, (_, i) => i + 1);
     const pad = (values) => x.map((_, i) => (i < values.length ? values[i] : null));
-    const hue = colours(groups.map((g) => ({ hash: g.group, config: { "optimizer.name": g.group } })));
+    const hue = Configs.styles(groups.map((g) => ({ hash: g.group, config: { "optimizer.name": g.group } })));
     const lines = groups.map((g) => ({
       label: g.group,
       values: pad(g.expected),

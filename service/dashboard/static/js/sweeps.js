@@ -1,20 +1,24 @@
 // The sweeps list: one row per sweep with its status counts. GET /v1/sweeps has no long-poll, so
 // the page re-reads it every 2 s, and only while some sweep is not done. The list carries no best
-// configuration (that is a leaderboard query per sweep): each row's best is read once after the
-// page is ready, and again only when that sweep's counts change.
+// configuration (that is a leaderboard query per sweep): a row's best is read when the row is on
+// screen (an IntersectionObserver says which are), once per state of its sweep (its state_token),
+// one request at a time; a row scrolled to later is read then.
 "use strict";
 
 (() => {
-  const { $, el, json, num, label, ready, sleep, whenLoaded } = OL;
+  const { $, el, json, num, ready, sleep, whenLoaded } = OL;
   const STATUSES = ["queued", "running", "succeeded", "failed", "diverged", "pruned", "cancelled"];
   const seen = new Map(); // sweep id → the state_token its best was read at
+  const latest = new Map(); // sweep id → the sweep as the list last said
+  const visible = new Set(); // sweep ids whose rows are on screen
+  let reading = false;
 
   function row(sweep) {
     const link = el("a", { href: `/sweeps/${sweep.id}`, text: sweep.name || `sweep ${sweep.id}` });
     return el(
       "tr",
       { "data-sweep-id": sweep.id, "data-done": sweep.done ? "1" : "0" },
-      el("td", {}, el("a", { href: `/sweeps/${sweep.id}`, text: String(sweep.id) })),
+      el("td", { class: "n" }, el("a", { href: `/sweeps/${sweep.id}`, text: String(sweep.id) })),
       el("td", {}, link),
       el("td", { text: sweep.strategy }),
       el("td", { class: "n", text: String(sweep.n_jobs) }),
@@ -25,25 +29,54 @@
     );
   }
 
+  const observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      const sweepId = entry.target.dataset.sweepId;
+      if (entry.isIntersecting) visible.add(sweepId);
+      else visible.delete(sweepId);
+    }
+    fillBest();
+  });
+
   function draw(items) {
     const body = $("sweeps").tBodies[0];
     const best = new Map([...body.rows].map((tr) => [tr.dataset.sweepId, tr.querySelector(".best").textContent]));
+    observer.disconnect();
+    visible.clear(); // observing the new rows reports the visible ones again
+    latest.clear();
+    for (const sweep of items) latest.set(String(sweep.id), sweep);
     body.replaceChildren(...items.map(row));
-    for (const tr of body.rows) if (best.has(tr.dataset.sweepId)) tr.querySelector(".best").textContent = best.get(tr.dataset.sweepId);
+    for (const tr of body.rows) {
+      if (best.has(tr.dataset.sweepId)) tr.querySelector(".best").textContent = best.get(tr.dataset.sweepId);
+      observer.observe(tr);
+    }
     $("sweeps-empty").hidden = items.length > 0;
   }
 
-  async function fillBest(items) {
-    for (const sweep of items) {
-      if (seen.get(sweep.id) === sweep.state_token) continue;
-      seen.set(sweep.id, sweep.state_token);
-      try {
-        const full = await json(`/v1/sweeps/${sweep.id}`);
-        const cell = document.querySelector(`tr[data-sweep-id="${sweep.id}"] .best`);
-        if (cell) cell.textContent = full.best ? `${num(full.best.mean)} · ${label(full.best.config)}` : "—";
-      } catch (_) {
-        /* the row keeps its dots; the next change retries */
+  function bestText(sweep) {
+    if (!sweep.best) return "—";
+    return `${num(sweep.best.mean)} · ${Configs.configLabel(sweep.best.config, sweep.template?.optimizer?.name)}`;
+  }
+
+  // Visible rows whose sweep changed since its best was read; one request at a time.
+  async function fillBest() {
+    if (reading) return;
+    reading = true;
+    try {
+      for (;;) {
+        const next = [...visible].map((sweepId) => latest.get(sweepId)).find((s) => s && seen.get(s.id) !== s.state_token);
+        if (!next) return;
+        seen.set(next.id, next.state_token);
+        try {
+          const full = await json(`/v1/sweeps/${next.id}`);
+          const cell = document.querySelector(`tr[data-sweep-id="${next.id}"] .best`);
+          if (cell) cell.textContent = bestText(full);
+        } catch (_) {
+          /* the row keeps its dots; the next change retries */
+        }
       }
+    } finally {
+      reading = false;
     }
   }
 
@@ -51,14 +84,12 @@
     let page = await json("/v1/sweeps?limit=200");
     draw(page.items);
     ready();
-    fillBest(page.items);
     while (page.items.some((s) => !s.done)) {
       await sleep(2000);
       try {
         page = await json("/v1/sweeps?limit=200");
         draw(page.items);
         OL.showError("");
-        fillBest(page.items);
       } catch (error) {
         OL.showError(`Live updates paused: ${error.message}`);
       }
