@@ -7,6 +7,7 @@ Results go to stdout, progress and messages to stderr; the exit codes are ``cli_
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.markup import escape
 
 from service.cli_analysis import analysis_app
 from service.cli_common import (
+    EXIT_INTERNAL,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_UNAVAILABLE,
@@ -39,10 +41,44 @@ from service.cli_sweep import sweep
 from service.cli_sweeps import leaderboard, sweeps_app
 from service.cli_tables import Column, print_table
 
-__all__ = ["EXIT_OK", "EXIT_REJECTED", "EXIT_UNAVAILABLE", "EXIT_UNSUCCESSFUL", "EXIT_USAGE", "app"]
+__all__ = ["EXIT_INTERNAL", "EXIT_OK", "EXIT_REJECTED", "EXIT_UNAVAILABLE", "EXIT_UNSUCCESSFUL", "EXIT_USAGE", "app"]
 
+
+class OptimlabGroup(LazyServeGroup):
+    """The ``optimlab`` group: a bug in a command is one line on stderr and ``EXIT_INTERNAL``, not
+    a traceback that exits 1 (which means the server refused); ``OPTIMLAB_TRACEBACK=1`` shows it."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):  # what the commands meant to say
+            raise
+        except Exception as exc:
+            if os.environ.get("OPTIMLAB_TRACEBACK"):
+                raise
+            what = escape(f"{type(exc).__name__}: {' '.join(str(exc).split())}")
+            raise fail(
+                f"[red]internal error[/]: {what} (unexpected: OPTIMLAB_TRACEBACK=1 shows where; please report it)",
+                EXIT_INTERNAL,
+            ) from None
+
+
+def _no_type_for_flags() -> None:
+    """typer's help gives every option its type, a flag too (``--help <bool>``), as if it took a
+    value: a flag shows none."""
+    from typer.core import TyperOption
+
+    typed = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        return None if self.is_flag else typed(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_type_for_flags()
 app = typer.Typer(
-    cls=LazyServeGroup,
+    cls=OptimlabGroup,
     help="optimlab: optimizer experiments as a service.",
     no_args_is_help=True,
     add_completion=False,
@@ -154,14 +190,17 @@ def jobs_ls(
 
 def job_config(job: Mapping[str, Any]) -> Mapping[str, Any]:
     """What a job's configuration column shows: a sweep job's searched values; a lone job's
-    optimizer, learning rate and schedule."""
+    optimizer, learning rate and schedule (a chain's names joined: ``linear_lr→cosine_annealing_lr``)."""
     if job.get("config"):
         return dict(job["config"])
     spec = job["spec"]
     optimizer = spec.get("optimizer") or {}
     config: dict[str, Any] = {"optimizer": {"name": optimizer.get("name"), "lr": optimizer.get("lr")}}
-    if spec.get("scheduler"):
-        config["scheduler"] = {"name": spec["scheduler"].get("name")}
+    scheduler = spec.get("scheduler")
+    steps = scheduler if isinstance(scheduler, list) else [scheduler] if scheduler else []
+    names = [str(step.get("name")) if isinstance(step, Mapping) else str(step) for step in steps]
+    if names:
+        config["scheduler"] = {"name": "→".join(names)}
     return config
 
 

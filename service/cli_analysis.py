@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
+from service import cli_common  # its ``out``, looked up when printing: a test may replace it
 from service.cli_common import EXIT_REJECTED, EXIT_USAGE, KeyOption, UrlOption, connected, console, fail, out
 from service.cli_tables import print_table
 from service.client_display import number
@@ -129,30 +130,36 @@ def _print_pair(body: Mapping[str, Any]) -> None:
 
 
 def _print_matrix(body: Mapping[str, Any]) -> None:
-    from service.client_frames import matrix_labels
+    """The configurations as the leaderboard labels them, each with a key (``#1``), then the
+    matrix with those keys as its row and column headers: whole labels would not fit."""
+    from service.client_display import short_labels
 
-    labels = matrix_labels(body)
-    configs = [
+    configs = body["configs"]
+    labels = short_labels([c.get("config") or {} for c in configs])
+    keys = {c["config_hash"]: f"#{i}" for i, c in enumerate(configs, 1)}
+    legend = [
         {
+            "#": keys[c["config_hash"]],
+            "configuration": text if c.get("config") else c["label"],
             "config_hash": c["config_hash"][:10],
-            "configuration": labels[c["config_hash"]],
             "n": c["n"],
             "mean": c["mean"],
         }
-        for c in body["configs"]
+        for c, text in zip(configs, labels, strict=True)
     ]
-    print_table(configs, ["config_hash", "configuration", "n", "mean"], title=f"{body['which']} {body['metric']}")
+    print_table(legend, ["#", "configuration", "config_hash", "n", "mean"], title=f"{body['which']} {body['metric']}")
     cells = {(c["a"], c["b"]): c for c in body["cells"]}
     rows = []
-    for a in labels:
-        row = {"A \\ B": labels[a]}
-        for b in labels:
+    for a, a_key in keys.items():
+        row = {"A \\ B": a_key}
+        for b, b_key in keys.items():
             cell = cells.get((a, b))
             mark = "" if cell is None or cell["verdict"] == "inconclusive" else " *"
-            row[labels[b]] = "" if cell is None else f"{number(cell['mean_diff'])}{mark}"
+            row[b_key] = "" if cell is None else f"{number(cell['mean_diff'])}{mark}"
         rows.append(row)
-    title = f"mean A - B ({body['mode']} is better); * : verdict not inconclusive; details: --a HASH --b HASH"
-    print_table(rows, ["A \\ B", *labels.values()], title=title)
+    print_table(rows, ["A \\ B", *keys.values()], title=f"mean A - B ({body['mode']} is better)")
+    note = "*: a decisive verdict (Holm-adjusted over all pairs); one pair in detail: --a HASH --b HASH"
+    cli_common.out.print(note, markup=False, highlight=False, soft_wrap=True)  # a line: no table to fit
 
 
 # --- divergence, budget, profiles --------------------------------------------------------------

@@ -28,6 +28,7 @@ EXIT_REJECTED = 1  # the server refused the request (4xx): bad spec, unknown id,
 EXIT_USAGE = 2  # bad command line or input file (typer's own code for bad options)
 EXIT_UNSUCCESSFUL = 3  # waited for: a job failed or was cancelled
 EXIT_UNAVAILABLE = 4  # server, database or broker unreachable
+EXIT_INTERNAL = 5  # a bug in optimlab itself: one line, not a traceback (OPTIMLAB_TRACEBACK=1 shows it)
 
 UrlOption = Annotated[
     str | None, typer.Option("--url", envvar="OPTIMLAB_URL", help="Server (default http://127.0.0.1:8000).")
@@ -107,10 +108,12 @@ def connected(url: str | None, api_key: str | None) -> Iterator[Client]:
 
 
 def _rejection(exc: Any) -> str:
-    """The server's error and each of its details on a line: ``spec.optimizer.lr: ...``."""
+    """The server's error and each of its details on a line: ``spec.optimizer.lr: ...``; the
+    same problem in many sweep combinations once, with how many and an example."""
     from service.client_display import detail_lines
 
-    lines = detail_lines(exc.detail)
+    width = console.width - 2 if console.is_terminal or os.environ.get("COLUMNS", "").isdigit() else None
+    lines = detail_lines(exc.detail, width=width)
     head = f"[red]{escape(exc.error)}[/] ({exc.status_code})"
     if len(lines) == 1 and not isinstance(exc.detail, list):
         return f"{head}: {escape(lines[0])}"

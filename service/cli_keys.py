@@ -22,7 +22,7 @@ keys_app = typer.Typer(
     help="API keys, on the database directly (`optimlab db upgrade` first). Needs OPTIMLAB_AUTH=keys to matter.",
     no_args_is_help=True,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message stays one line in a log or a pipe
 
 # The exit codes of ``service.cli``.
 EXIT_REJECTED = 1  # unknown key

@@ -16,6 +16,8 @@ from service.cli_common import EXIT_USAGE, KeyOption, UrlOption, connected, cons
 KEYS = frozenset({"name", "base", "grid", "random", "seeds", "tags", "execution", "lr_from", "cache"})
 SEARCH_KEYS = frozenset({"strategy", "space", "budget", "parallelism", "objective", "sampler_seed", "pruner"})
 """What a sweep file may hold: ``client.sweep``'s keyword arguments (and ``base``)."""
+JOB_KEYS = frozenset({"model", "dataset", "loss", "optimizer", "scheduler", "epochs", "batch_size"})
+"""Keys of a job spec that a sweep file holds only under ``base``: ``sweep`` names the right command."""
 
 
 def sweep(
@@ -71,13 +73,21 @@ def sweep(
 
 
 def _checked(body: dict[str, Any], file: Path) -> dict[str, Any]:
-    """The file's body, or the usage exit code naming what is wrong with it."""
-    unknown = set(body) - KEYS - SEARCH_KEYS
+    """The file's body, or the usage exit code naming what is wrong with it (a job spec: which
+    command takes it; an unknown key: the known one it is closest to)."""
+    import difflib
+
+    unknown = sorted(set(body) - KEYS - SEARCH_KEYS)
     problem = None
-    if not isinstance(body.get("cache", True), bool):
+    if "base" not in body and JOB_KEYS & body.keys():
+        problem = f"this is a job spec: use `optimlab submit {file}`"
+    elif not isinstance(body.get("cache", True), bool):
         problem = "cache must be true or false"
     elif unknown:
-        problem = f"needs 'base'; unknown keys {sorted(unknown)}"
+        known = sorted(KEYS | SEARCH_KEYS)
+        guesses = [(key, difflib.get_close_matches(key, known, n=1)) for key in unknown]
+        named = ", ".join(f"{key!r}" + (f" (did you mean {guess[0]!r}?)" if guess else "") for key, guess in guesses)
+        problem = ("" if "base" in body else "needs 'base'; ") + f"unknown key{'s' * (len(unknown) > 1)} {named}"
     elif "base" not in body:
         problem = "needs 'base'"
     if problem is not None:

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from service.cli_common import KeyOption, UrlOption, connected, console
+from service.cli_common import EXIT_REJECTED, KeyOption, UrlOption, connected, console
 from service.cli_tables import Column, print_table
 
 if TYPE_CHECKING:
@@ -156,27 +157,36 @@ def leaderboard(
     Each with n, the 95% CI's half-width (±95%), std, diverged runs and, when they fit, min, max
     and seconds per run."""
     with connected(url, api_key) as client:
-        print_leaderboard(client, sweep_id, metric, mode, which, show_hash=show_hash)
+        if not print_leaderboard(client, sweep_id, metric, mode, which, show_hash=show_hash):
+            raise typer.Exit(EXIT_REJECTED)
 
 
 def print_leaderboard(
     client: Client, sweep_id: int, metric: str, mode: str | None, which: str, *, show_hash: bool = False
-) -> None:
+) -> bool:
     """The leaderboard as a table: rank, short label, n, mean, ±95%, std, then what fits (min,
-    max, seconds per run); pruned, failed and pending counts only where a configuration has any."""
+    max, seconds per run); pruned, failed and pending counts only where a configuration has any.
+    False, and no table but a line on stderr, when no job has a value of the metric."""
     from service.client_display import short_labels
 
     board = _board(client, sweep_id, metric, mode, which)
+    if not any(row.get("n") for row in board["rows"]):
+        hint = " (a regression dataset?)" if "accuracy" in metric else " (none finished yet?)"
+        console.print(f"no job of sweep {sweep_id} reports {escape(metric)}{hint}")
+        return False
     rows = []
     labels = short_labels([row["config"] for row in board["rows"]])
     for row, text in zip(board["rows"], labels, strict=True):
         low, high = row.get("ci95_low"), row.get("ci95_high")
         half = None if low is None or high is None else (high - low) / 2
         rows.append(row | {"configuration": text, "ci": half, "hash": (row.get("config_hash") or "-")[:10]})
-    columns: list[Column | str] = ["rank", "configuration", "n", "mean", Column("±95%", "ci"), "std"]
+    # With the hash shown, std (the ±95% says the spread) goes before the labels are cut.
+    columns: list[Column | str] = ["rank", "configuration", "n", "mean", Column("±95%", "ci")]
+    columns.append(Column("std", drop=1 if show_hash else 0))
     columns += [Column("min", drop=3), Column("max", drop=3), "diverged"]
     columns += [c for c in ("pruned", "failed", "pending") if any(r.get(c) for r in rows)]
     columns.append(Column("s/run", "mean_wall_seconds", drop=2))
     if show_hash:
         columns.insert(2, "hash")
     print_table(rows, columns, title=f"sweep {sweep_id}: {which} {board['metric']} ({board['mode']} is better)")
+    return True

@@ -117,8 +117,16 @@ def test_the_leaderboard_shows_the_hash_only_when_asked(cli: Cli, swept: tuple[i
     shown = cli("leaderboard", str(sweep_id), "--hash")
     assert_fits(shown.stdout)
     assert {row[2] for row in table_rows(shown.stdout)} == hashes
+    assert LONGEST_LABEL in [row[1] for row in table_rows(shown.stdout)], "optional columns go before a label is cut"
     for row in table_rows(shown.stdout):
         assert all(cell == number(float(cell)) for cell in row[4:7]), "mean, ±95% and std: 4 significant digits"
+
+
+def test_a_leaderboard_of_a_metric_no_job_reports_is_a_message(cli: Cli, swept: tuple[int, Any]) -> None:
+    sweep_id, _ = swept
+    board = cli("leaderboard", str(sweep_id), "--metric", "val_accuracy")
+    assert (board.returncode, board.stdout) == (1, "")
+    assert board.stderr == f"no job of sweep {sweep_id} reports val_accuracy (a regression dataset?)\n"
 
 
 def test_sweeps_ls_and_show(cli: Cli, swept: tuple[int, Any]) -> None:
@@ -164,11 +172,17 @@ def test_export_parquet(cli: Cli, swept: tuple[int, Any], tmp_path: Path) -> Non
 
     sweep_id, _ = swept
     path = tmp_path / "runs.parquet"
-    exported = cli("export", str(sweep_id), "--format", "parquet", "--out", str(path))
+    exported = cli("export", str(sweep_id), "--out", str(path))  # the extension says Parquet
     assert exported.returncode == 0, exported.stderr
+    assert "as parquet" in exported.stderr
     frame = pd.read_parquet(path)
     assert len(frame) == 48
     assert sorted(frame["optimizer.params.momentum"].unique()) == [0.0, 0.9]
+    assert "scheduler" not in frame.columns, "a searched path no run has a value for is left out"
+    assert frame["val_accuracy"].dtype == float, "a metric no epoch reported: NaN, not objects"
+    mismatch = cli("export", str(sweep_id), "--format", "csv", "--out", str(tmp_path / "x.parquet"))
+    assert mismatch.returncode == 2
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_plot_writes_the_png(cli: Cli, swept: tuple[int, Any], tmp_path: Path) -> None:
@@ -214,6 +228,22 @@ def test_jobs_ls_shows_configuration_and_seed_and_says_when_it_is_cut(cli: Cli, 
     whole = cli("jobs", "ls", "--sweep", str(sweep_id))
     assert len(table_rows(whole.stdout)) == 16
     assert "there are more" not in whole.stderr
+
+
+def test_jobs_ls_shows_a_lone_jobs_schedule(cli: Cli) -> None:
+    """The server keeps a lone job's scheduler as a chain (a list)."""
+    (cli.cwd / "scheduled.yaml").write_text(
+        yaml.safe_dump(SPEC | {"scheduler": {"name": "step_lr", "params": {"step_size": 1}}, "epochs": 1})
+    )
+    assert cli("submit", "scheduled.yaml", "--tag", "cli-scheduled").returncode == 0
+    listed = cli("jobs", "ls", "--tag", "cli-scheduled")
+    assert listed.returncode == 0, listed.stderr
+    assert [row[3] for row in table_rows(listed.stdout)] == ["sgd lr=0.01 step"]
+
+
+def test_up_says_where_its_state_is_on_one_line(cli: Cli) -> None:
+    said = (cli.cwd / "up.log").read_text()
+    assert f"state in {(cli.cwd / 'home').resolve()}\n" in said, "not wrapped at 80 columns in a log file"
 
 
 def test_a_cancelled_job_is_exit_3(cli: Cli) -> None:

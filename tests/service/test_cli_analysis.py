@@ -93,12 +93,35 @@ def test_compare_without_a_pair_prints_the_matrix(server: Server) -> None:
     assert result.exit_code == 0, result.output
     assert "a" not in dict(server.requests[0].url.params)
     configs, matrix = rows(result.stdout)[:3], rows(result.stdout)[3:]
-    assert configs[1] == ["0f9e8d7c6b", "adam lr=0.001", "5", "0.31"]
+    assert configs[1] == ["#2", "adam lr=0.001", "0f9e8d7c6b", "5", "0.31"]
     assert matrix == [
-        ["sgd lr=0.1", "", "0.036 *", "0.03"],
-        ["adam lr=0.001", "-0.036 *", "", "-0.006"],
-        ["adamw lr=0.001", "-0.03", "0.006", ""],
+        ["#1", "", "0.036 *", "0.03"],
+        ["#2", "-0.036 *", "", "-0.006"],
+        ["#3", "-0.03", "0.006", ""],
     ]
+    header = [line for line in result.stdout.splitlines() if line.startswith("┃")][1]
+    assert [cell.strip() for cell in header.split("┃")[1:-1]] == ["A \\ B", "#1", "#2", "#3"]
+    assert "*: a decisive verdict (Holm-adjusted over all pairs)" in result.stdout
+
+
+def test_the_matrix_of_long_labels_fits_100_columns(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    from service import cli_common
+
+    body = answers.compare_matrix()
+    long = {"optimizer.params.weight_decay": 0.0005, "optimizer.params.momentum": 0.9, "scheduler.name": "step_lr"}
+    for i, config in enumerate(body["configs"]):
+        config["config"] = config["config"] | long | {"optimizer.params.dampening": 0.1 * i}
+        config["label"] = "x" * 80  # the server's label: the CLI makes its own short one
+    server.routes["/v1/sweeps/4/compare"] = body
+    monkeypatch.setattr(cli_common, "out", Console(width=100, soft_wrap=False))
+    result = analyze("compare", "4")
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    legend = rows(result.stdout)[:3]
+    assert legend[0][:2] == ["#1", "sgd lr=0.1 damp=0 step"], "the leaderboard's short label, whole"
+    assert "…" not in result.stdout.split("mean A - B")[1], "no key or cell of the matrix is cut"
 
 
 def test_json_prints_the_servers_answer(server: Server) -> None:

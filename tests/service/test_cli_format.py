@@ -5,6 +5,7 @@ connection, and what ``import service.cli`` leaves out (its start-up time)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -232,3 +233,245 @@ def test_parquet_without_pyarrow_says_how_to_get_it(monkeypatch: pytest.MonkeyPa
     assert "optimlab[parquet]" in result.stderr
     unknown = CliRunner().invoke(app, ["export", "1", "--format", "xlsx", "--out", "x.xlsx", "--url", "http://test"])
     assert (unknown.exit_code, "csv, parquet" in unknown.stderr) == (cli_common.EXIT_USAGE, True)
+
+
+# --- what a new user met at 100 columns, against a server that answers from a table ------------
+
+
+class Answers:
+    """A server that answers by path (a route may be a (status, body) pair) and records requests."""
+
+    def __init__(self, routes: dict[str, Any]) -> None:
+        self.routes = routes
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        answer = self.routes.get(request.url.path, (404, {"error": "not_found", "detail": "not here"}))
+        status, body = answer if isinstance(answer, tuple) else (200, answer)
+        return httpx.Response(status, json=body)
+
+
+@pytest.fixture
+def answer(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The routes every client the CLI builds is answered from; stdout at 100 columns."""
+    import functools
+
+    import service.client
+
+    routes: dict[str, Any] = {}
+    transport = httpx.MockTransport(Answers(routes))
+    monkeypatch.setattr(service.client, "Client", functools.partial(service.client.Client, transport=transport))
+    monkeypatch.setattr(cli_common, "out", Console(width=100, soft_wrap=False))
+    return routes
+
+
+def invoke(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from service.cli import app
+
+    return CliRunner().invoke(app, [*args, "--url", "http://test"] if args[-1] != "--help" else list(args))
+
+
+def lone_job(job_id: int, scheduler: Any) -> dict[str, Any]:
+    """A job outside any sweep, as ``GET /v1/jobs`` lists it."""
+    spec = {"optimizer": {"name": "sgd", "lr": 0.01}, "scheduler": scheduler, "seed": 0}
+    summary = {"epochs_done": 3, "epochs_total": 3, "best_loss": 0.1, "final_val_loss": 0.2}
+    return {"id": job_id, "status": "succeeded", "sweep_id": None, "config": None, "spec": spec, "summary": summary}
+
+
+def test_jobs_ls_shows_a_lone_jobs_schedule_whatever_its_shape(answer: dict[str, Any]) -> None:
+    chain = [{"name": "linear_lr", "params": {}}, {"name": "cosine_annealing_lr", "params": {"T_max": 3}}]
+    schedulers = [None, {"name": "step_lr"}, [{"name": "step_lr"}], chain]
+    items = [lone_job(i, scheduler) | {"tags": [], "cached_from": None} for i, scheduler in enumerate(schedulers, 1)]
+    answer["/v1/jobs"] = {"items": items, "next_cursor": None}
+    listed = invoke("jobs", "ls")
+    assert listed.exit_code == 0, listed.output
+    labels = [line.split("│")[4].strip() for line in listed.stdout.splitlines() if line.startswith("│")]
+    assert labels == ["sgd", "sgd step", "sgd step", "sgd linear→cosine"]
+
+
+def test_a_bug_is_one_line_and_its_own_exit_code(answer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    answer["/v1/jobs"] = {"items": [{"id": 1, "spec": {}}], "next_cursor": None}  # no summary: a KeyError
+    broken = invoke("jobs", "ls")
+    assert broken.exit_code == cli_common.EXIT_INTERNAL != cli_common.EXIT_REJECTED
+    assert broken.stderr.startswith("internal error: KeyError: ")
+    assert "OPTIMLAB_TRACEBACK=1" in broken.stderr
+    assert len(broken.stderr.splitlines()) == 1, "no traceback"
+    monkeypatch.setenv("OPTIMLAB_TRACEBACK", "1")
+    assert isinstance(invoke("jobs", "ls").exception, KeyError), "asked for: the exception itself"
+
+
+def test_help_shows_no_type_for_a_flag() -> None:
+    for command in (["--help"], ["submit", "--help"], ["jobs", "ls", "--help"]):
+        shown = invoke(*command)
+        assert shown.exit_code == 0
+        assert "<bool>" not in shown.stdout, command
+        assert "--help" in shown.stdout
+    assert "<path>" in invoke("submit", "--help").stdout, "an option that takes a value keeps its type"
+
+
+def test_the_same_problem_in_many_combinations_is_one_line() -> None:
+    def entry(lr: float, seed: int, field: str, msg: str) -> dict[str, Any]:
+        combination = {"optimizer.lr": lr, "seed": seed}
+        text = f"combination {json.dumps(combination, sort_keys=True)}: {field}: {msg}"
+        return {"field": field, "combination": combination, "msg": text, "type": "invalid_combination"}
+
+    too_big = "Input should be less than or equal to 10 " + "x" * 300
+    detail = [entry(lr, seed, "spec.optimizer.lr", too_big) for lr in (20.0, 30.0) for seed in (0, 1, 2)]
+    detail.append(entry(40.0, 0, "spec.batch_size", "Input should be greater than 0"))
+    lines = detail_lines(detail)
+    assert lines == [
+        f'spec.optimizer.lr: {too_big} (in 6 combinations, e.g. {{"optimizer.lr": 20.0, "seed": 0}})',
+        'spec.batch_size: Input should be greater than 0 (in 1 combination, e.g. {"optimizer.lr": 40.0, "seed": 0})',
+    ]
+    cut = detail_lines(detail, width=100)
+    assert cut[0] == f"spec.optimizer.lr: {too_big} (in 6 combinations)", "the problem whole, the example left out"
+    assert cut[1].endswith('(in 1 combination, e.g. {"optimizer.lr": 40.0, "se…)')
+    assert len(cut[1]) == 100
+
+
+def test_a_rejected_sweep_says_each_problem_once(answer: dict[str, Any], tmp_path: Any) -> None:
+    msg = 'combination {"optimizer.lr": -1, "seed": %d}: spec.optimizer.lr: Input should be greater than 0'
+    detail = [
+        {"field": "spec.optimizer.lr", "combination": {"optimizer.lr": -1, "seed": s}, "msg": msg % s} for s in range(5)
+    ]
+    answer["/v1/sweeps"] = (422, {"error": "invalid_request", "detail": detail})
+    (tmp_path / "sweep.yaml").write_text("base: {epochs: 1}\ngrid: {optimizer.lr: [-1]}\nseeds: [0, 1, 2, 3, 4]\n")
+    refused = invoke("sweep", str(tmp_path / "sweep.yaml"))
+    assert refused.exit_code == cli_common.EXIT_REJECTED
+    assert refused.stderr.count("Input should be greater than 0") == 1
+    assert "(in 5 combinations, e.g. " in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("base: {}\ngird: {optimizer.lr: [0.1]}\n", "unknown key 'gird' (did you mean 'grid'?)"),
+        ("gird: {optimizer.lr: [0.1]}\n", "needs 'base'; unknown key 'gird' (did you mean 'grid'?)"),
+        ("base: {}\nzzz: 1\n", "unknown key 'zzz'"),
+        ("model: {name: linear}\noptimizer: {name: sgd, lr: 0.1}\n", "this is a job spec: use `optimlab submit "),
+    ],
+)
+def test_a_sweep_file_error_names_the_fix(text: str, said: str, tmp_path: Any) -> None:
+    (tmp_path / "s.yaml").write_text(text)
+    refused = invoke("sweep", str(tmp_path / "s.yaml"))
+    assert refused.exit_code == cli_common.EXIT_USAGE
+    assert said in " ".join(refused.stderr.split())
+
+
+def board_row(rank: int, config: dict[str, Any], n: int, mean: float | None) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "config": config,
+        "config_hash": f"{rank:02d}" + "ab" * 20,
+        "n": n,
+        "mean": mean,
+        "std": None if mean is None else 1.2345e-05,
+        "ci95_low": None if mean is None else mean - 1.1111e-05,
+        "ci95_high": None if mean is None else mean + 1.1111e-05,
+        "min": mean,
+        "max": mean,
+        "diverged": 0,
+        "mean_wall_seconds": 12.345,
+    }
+
+
+def test_a_leaderboard_of_a_metric_no_job_reports_says_so(answer: dict[str, Any]) -> None:
+    rows = [board_row(i, {"optimizer.lr": 0.1 * i}, 0, None) for i in range(1, 7)]
+    answer["/v1/sweeps/1/leaderboard"] = {"metric": "val_accuracy", "mode": "max", "rows": rows}
+    empty = invoke("leaderboard", "1", "--metric", "val_accuracy")
+    assert empty.exit_code == cli_common.EXIT_REJECTED
+    assert empty.stdout == ""
+    assert empty.stderr == "no job of sweep 1 reports val_accuracy (a regression dataset?)\n"
+
+
+def test_the_leaderboard_with_hashes_keeps_whole_labels_at_100_columns(answer: dict[str, Any]) -> None:
+    configs = [
+        {"optimizer.lr": lr, "optimizer.params.momentum": m, "scheduler": s}
+        for lr in (0.1, 7.364e-05)
+        for m in (0.0, 0.9)
+        for s in ({"name": "cosine_annealing_lr", "params": {"T_max": 3}}, None)
+    ]
+    rows = [board_row(i, c, 2, -7.36412e-05 * i) for i, c in enumerate(configs, 1)]
+    answer["/v1/sweeps/1/leaderboard"] = {"metric": "val_loss", "mode": "min", "rows": rows}
+    shown = invoke("leaderboard", "1", "--hash")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in lines if line.startswith("│")]
+    assert "lr=7.364e-05 m=0.9 sched=none" in [row[1] for row in cells], "the label whole"
+    assert all(row[2] == row[2].strip("…") and len(row[2]) == 10 for row in cells), "the hash whole"
+
+
+def curves_frame(rows: list[dict[str, Any]], configs: dict[str, dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    frame.attrs["configs"] = configs
+    return frame
+
+
+def test_export_leaves_out_empty_configuration_columns_and_keeps_empty_metrics_float() -> None:
+    from service.cli_export import results_frame
+
+    configs: dict[str, dict[str, Any]] = {
+        "sgd lr=0.1": {"optimizer.lr": 0.1, "scheduler": None},
+        "sgd lr=0.01": {"optimizer.lr": 0.01},
+    }
+    rows = [
+        {"job_id": j, "epoch": 1, "train_loss": 0.5, "val_accuracy": None, "configuration": c, "seed": 0}
+        | {"status": "succeeded"}
+        for j, c in enumerate(configs, 1)
+    ]
+    frame = results_frame(curves_frame(rows, configs))
+    assert list(frame.columns) == [
+        "job_id",
+        "configuration",
+        "optimizer.lr",
+        "seed",
+        "status",
+        "epoch",
+        "train_loss",
+        "val_accuracy",
+    ]
+    assert frame["val_accuracy"].dtype == float
+    assert frame["val_accuracy"].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("out", "asked", "written"),
+    [
+        ("runs.parquet", None, "parquet"),
+        ("runs.PQ", None, "parquet"),
+        ("runs.csv", None, "csv"),
+        ("-", None, "csv"),
+        ("runs.txt", None, "csv"),
+        ("runs.txt", "parquet", "parquet"),
+        ("runs.csv", "csv", "csv"),
+    ],
+)
+def test_the_export_format_follows_the_extension(out: str, asked: str | None, written: str) -> None:
+    from pathlib import Path
+
+    from service.cli_export import file_format
+
+    assert file_format(Path(out), asked) == written
+
+
+def test_a_format_the_extension_contradicts_is_refused(answer: dict[str, Any]) -> None:
+    for out, asked in (("x.parquet", "csv"), ("x.csv", "parquet")):
+        refused = invoke("export", "1", "--format", asked, "--out", out)
+        assert refused.exit_code == cli_common.EXIT_USAGE
+        assert f"names a {'csv' if asked == 'parquet' else 'parquet'} file" in refused.stderr
+
+
+def test_plot_of_a_sweep_without_epochs_writes_nothing(answer: dict[str, Any], tmp_path: Any) -> None:
+    pytest.importorskip("matplotlib")
+    answer["/v1/sweeps/1"] = {"id": 1, "name": "fresh"}
+    columns = ["job_id", "epoch", "val_loss", "val_accuracy"]
+    answer["/v1/sweeps/1/metrics"] = {"rows": [], "columns": columns, "jobs": []}
+    path = tmp_path / "curves.png"
+    empty = invoke("plot", "1", "--out", str(path))
+    assert (empty.exit_code, empty.stdout) == (cli_common.EXIT_REJECTED, "")
+    assert "sweep 1 has no epochs yet" in empty.stderr
+    assert not path.exists()
