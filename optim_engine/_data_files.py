@@ -113,6 +113,11 @@ class FileShape:
     targets: TargetRange | None
 
 
+DATA_ROOT = "the data root (OPTIMLAB_DATA_DIR)"
+"""How messages name the data root: by its setting, never its absolute path (a 422 goes to
+users, who need not learn the server's file system)."""
+
+
 def resolve_data_path(relative: str, root: Path) -> Path:
     """Resolve ``relative`` under ``root``; reject escapes, missing files and unusable paths.
 
@@ -123,11 +128,11 @@ def resolve_data_path(relative: str, root: Path) -> Path:
         root = root.resolve()
         candidate = (root / relative).resolve()
         if not candidate.is_relative_to(root):
-            raise DataFileError(f"path {relative!r} escapes the data root {str(root)!r}")
+            raise DataFileError(f"path {relative!r} escapes {DATA_ROOT}")
         if not candidate.exists():
-            raise DataFileError(f"no file {relative!r} under the data root {str(root)!r}")
+            raise DataFileError(f"no file {relative!r} under {DATA_ROOT}")
         if not candidate.is_file():
-            raise DataFileError(f"{relative!r} under the data root is not a file")
+            raise DataFileError(f"{relative!r} under {DATA_ROOT} is not a file")
     except (OSError, ValueError) as exc:
         if isinstance(exc, DataFileError):
             raise
@@ -412,7 +417,7 @@ def vision_paths(name: str, root: Path) -> list[Path]:
         candidates = [plain, plain.with_name(plain.name + ".gz")]
         hit = next((c for c in candidates if c.exists()), None)
         if hit is None:
-            raise DataFileError(f"{name} needs {folder}/{file} under the data root {str(root)!r}")
+            raise DataFileError(f"{name} needs {folder}/{file} under {DATA_ROOT}")
         found.append(hit)
     return found
 

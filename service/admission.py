@@ -26,7 +26,7 @@ class SpecProblem(NamedTuple):
 def spec_problems(spec: JobSpec, settings: Settings) -> list[SpecProblem]:
     """The resource caps the spec exceeds and what this host lacks for it; empty when accepted."""
     caps = [SpecProblem(loc, msg, "resource_cap") for loc, msg in cap_problems(spec, settings)]
-    host_found = host_problems(spec, settings.data_dir)
+    host_found = host_problems(spec, settings.data_dir) + device_problems(spec, settings)
     host = [SpecProblem(loc, msg, "unavailable_on_host") for loc, msg in host_found]
     try:
         info = _shape(spec, settings, host_found)
@@ -36,6 +36,17 @@ def spec_problems(spec: JobSpec, settings: Settings) -> list[SpecProblem]:
     if info is not None:
         caps += [SpecProblem(loc, msg, "resource_cap") for loc, msg in cost_problems(spec, info, limits(settings))]
     return caps + host
+
+
+NO_GPU_WORKER = "no GPU worker serves this server (optimlab up started without --gpus); use device: cpu or auto"
+
+
+def device_problems(spec: JobSpec, settings: Settings) -> list[tuple[tuple[str, ...], str]]:
+    """A CUDA device when no worker of this server has a GPU (``OPTIMLAB_GPU_WORKERS=false``):
+    refused here rather than failed on the worker that cannot run it."""
+    if not settings.gpu_workers and spec.device.startswith("cuda"):
+        return [(("device",), NO_GPU_WORKER)]
+    return []
 
 
 def limits(settings: Settings) -> CostLimits:

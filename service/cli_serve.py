@@ -24,7 +24,7 @@ from service.cli_keys import serving_settings
 from service.settings import get_settings
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a message stays one line in a log or a pipe
 
 EMBEDDED_REQUEUE_AFTER_S = "30"
 
@@ -144,13 +144,16 @@ def up(
     _logging(log_level)
     # The filesystem broker loses a killed consumer's message; the API re-sends stalled jobs.
     os.environ.setdefault("OPTIMLAB_REQUEUE_QUEUED_AFTER_S", EMBEDDED_REQUEUE_AFTER_S)
+    gpu_ids = _detect_gpus(gpus)
+    if not gpu_ids:  # no worker here can run a CUDA job: the API refuses them at submission
+        os.environ.setdefault("OPTIMLAB_GPU_WORKERS", "false")
     get_settings.cache_clear()
     settings = serving_settings(host)
     if settings.auth == "none":
         console.print("[yellow]OPTIMLAB_AUTH=none[/]: the API is open to anyone on this machine (loopback only)")
     settings.home.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url())
-    pool = _WorkerPool(workers, log_level, _detect_gpus(gpus))
+    pool = _WorkerPool(workers, log_level, gpu_ids)
     pool.start()
     console.print(
         f"optimlab: API on [bold]http://{host}:{port}[/] (docs at /docs), {workers} worker(s), "

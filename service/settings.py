@@ -116,6 +116,14 @@ class Settings(EngineSettings):
             "false: every job trains (a request's `cache: false` does the same for one job or sweep)."
         ),
     )
+    gpu_workers: bool = Field(
+        default=True,
+        description=(
+            "Whether a worker with a GPU serves this server. false: the API refuses `device: cuda`/`cuda:N` "
+            "specs (jobs and every sweep trial) with a 422 at spec.device instead of queueing jobs no worker "
+            "can run; `optimlab up` sets it false when it starts its workers without GPUs."
+        ),
+    )
     curve_cache_bytes: int = Field(
         default=64 << 20,
         ge=0,

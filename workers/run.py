@@ -133,11 +133,11 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
     if any(needs_sklearn(spec.dataset) for spec in specs):
         wait_for_datasets()  # the warm-up may still be importing scikit-learn
     device: str | None = None
-    failure: str | None = None
+    failure: Exception | None = None
     try:
         device = str(resolve_device(specs[0].device))
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # raised again below, so every job fails with it (named once)
+        failure = exc
     writer = Writer(attempts, settings.metrics_flush_s, device)
     writer.start()
     pruning = _pruning(claims, job_ids, specs, attempts, settings, writer) if failure is None else None
@@ -157,7 +157,7 @@ def _train(claims: list[transitions.Claim], attempts: Attempts, settings: Settin
 
     try:
         if failure is not None:
-            raise RuntimeError(failure)
+            raise failure
         train_trials(
             specs,
             keys=[str(job_id) for job_id in job_ids],
@@ -232,7 +232,11 @@ def _trainable(claims: list[transitions.Claim], attempts: Attempts) -> tuple[lis
         error = "spec: " + "; ".join(f"{'.'.join(loc)}: {msg}" if loc else msg for loc, msg in problems)
         log.error("job %s: %s", claim.job_id, error)
         finish = partial(transitions.finish, job_id=claim.job_id, attempt=claim.attempt, status=JobStatus.failed)
-        if with_db(attempts.sessions, partial(finish, error=error), attempts.budget_s):
+        if with_db(
+            attempts.sessions,
+            partial(finish, error=error, wall_seconds=attempts.walls([claim.job_id])[claim.job_id]),
+            attempts.budget_s,
+        ):
             failed[claim.job_id] = str(JobStatus.failed)
         attempts.jobs[claim.job_id].finished = True  # out of this task either way: no more heartbeats
     return specs, job_ids, failed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -73,12 +74,21 @@ class Attempts:
         fresh_s: float = FRESH_FLAG_S,
     ) -> None:
         self.jobs = {c.job_id: _Owned(c.attempt) for c in claims}
+        self.ran_before = {c.job_id: c.ran_before for c in claims}
         self.database_error: DatabaseLost | None = None
         self.learned_at = time.monotonic()
         self.sessions = sessions
         self.budget_s = budget_s
         self.worker = worker
         self.fresh_s = fresh_s
+        self.started = time.monotonic()
+
+    def walls(self, job_ids: Iterable[int]) -> dict[int, float]:
+        """Each job's ``wall_seconds`` now: its earlier attempts' running time plus this one's so
+        far. Every heartbeat writes it, so an attempt whose worker dies has counted up to its last
+        beat, and the time between attempts (a server down) is never counted."""
+        ran = time.monotonic() - self.started
+        return {job_id: self.ran_before[job_id] + ran for job_id in job_ids}
 
     def learn(self, ownerships: dict[int, transitions.Ownership]) -> None:
         """Take in what a write or read found; callers pass every live job, so ``learned_at``
@@ -103,8 +113,11 @@ class Attempts:
     def read(self, session: Session, *, beat: bool = False) -> None:
         """Learn every live job's flags in ``session``'s transaction; with ``beat``, by writing
         their heartbeat, else by a read (no write: cheap to do every second or so)."""
-        look = transitions.heartbeat if beat else transitions.ownership
-        self.learn(look(session, self.live(), worker=self.worker))
+        live = self.live()
+        if beat:
+            self.learn(transitions.heartbeat(session, live, worker=self.worker, walls=self.walls(live)))
+        else:
+            self.learn(transitions.ownership(session, live, worker=self.worker))
 
     def refresh(self) -> bool:
         """Read the flags now if they are older than ``fresh_s``; False once the database is lost."""
@@ -179,13 +192,22 @@ class Writer(threading.Thread):
         self._device = device
         self._rows: dict[int, list[dict[str, Any]]] = {}
         self._finishes: dict[int, Finish] = {}
-        self._attrs: dict[int, dict[str, Any]] = {}
+        self._columns: dict[int, dict[str, Any]] = {}  # job id → columns the next flush sets
+        self._reported: set[int] = set()  # jobs that reported an epoch in this attempt
         self._closed = False
         self._wake = threading.Condition()
         self.statuses: dict[int, str] = {}
 
     def submit(self, job_id: int, row: dict[str, Any]) -> None:
+        """Queue an epoch row. A job's first row in this attempt says where it resumed: the loops
+        number epochs on from their checkpoint's, so a first epoch past 1 is a resume after
+        epoch - 1, and the flush that writes it sets ``resumed_from_epoch`` too (the final write
+        sets it again, from the ``TrainResult``)."""
         with self._wake:
+            if job_id not in self._reported:
+                self._reported.add(job_id)
+                if int(row["epoch"]) > 1:
+                    self._columns.setdefault(job_id, {})["resumed_from_epoch"] = int(row["epoch"]) - 1
             self._rows.setdefault(job_id, []).append(row)
             self._wake.notify()
 
@@ -193,7 +215,7 @@ class Writer(threading.Thread):
         """Queue a job's pruner attrs (``workers.pruning``): written with the next flush, whose
         rows they were decided from."""
         with self._wake:
-            self._attrs[job_id] = attrs
+            self._columns.setdefault(job_id, {})["prune_attrs"] = attrs
 
     def finish(self, job_id: int, status: JobStatus, **details: Any) -> None:
         """Queue a job's final write (status, then ``transitions.finish``'s keyword arguments)."""
@@ -221,7 +243,7 @@ class Writer(threading.Thread):
             self._wake.notify()
         self.join()
         with self._wake:
-            pending = bool(self._rows or self._finishes or self._device or self._attrs)
+            pending = bool(self._rows or self._finishes or self._device or self._columns)
         if pending and self._attempts.database_error is None:
             self._flush()
 
@@ -245,8 +267,8 @@ class Writer(threading.Thread):
         with self._wake:
             rows, self._rows = self._rows, {}
             finishes, self._finishes = self._finishes, {}
-            attrs, self._attrs = self._attrs, {}
-        write = partial(self._write, rows=rows, finishes=finishes, device=self._device, attrs=attrs)
+            columns, self._columns = self._columns, {}
+        write = partial(self._write, rows=rows, finishes=finishes, device=self._device, columns=columns)
         try:
             ownerships, finished = with_db(self._attempts.sessions, write, self._attempts.budget_s)
         except DatabaseLost as exc:
@@ -254,7 +276,7 @@ class Writer(threading.Thread):
                 for job_id, batch in rows.items():
                     self._rows[job_id] = batch + self._rows.get(job_id, [])
                 self._finishes = finishes | self._finishes
-                self._attrs = attrs | self._attrs
+                self._columns = {j: columns.get(j, {}) | self._columns.get(j, {}) for j in columns | self._columns}
             self._attempts.database_error = exc
             return False
         self._device = None
@@ -271,27 +293,30 @@ class Writer(threading.Thread):
         rows: dict[int, list[dict[str, Any]]],
         finishes: dict[int, Finish],
         device: str | None,
-        attrs: dict[int, dict[str, Any]] | None = None,
+        columns: dict[int, dict[str, Any]] | None = None,
     ) -> tuple[dict[int, transitions.Ownership], dict[int, str]]:
         """Heartbeat, rows, summaries and final statuses in the caller's transaction; returns what
         it learned and which jobs it finished, applied by the caller once the transaction
         committed (a retried transaction runs this again)."""
         live = self._attempts.live()
-        ownerships = transitions.heartbeat(session, live, worker=self._attempts.worker, device=device)
+        walls = self._attempts.walls(live)
+        ownerships = transitions.heartbeat(session, live, worker=self._attempts.worker, device=device, walls=walls)
         owned = [job_id for job_id, o in ownerships.items() if o.owned]
         before_resume = {j: finishes[j][1].get("before_resume", []) for j in owned if j in finishes}
         epochs.record(session, {j: before_resume.get(j, []) + rows.get(j, []) for j in owned})
-        for job_id in (j for j in owned if j in (attrs or {})):
-            session.execute(update(Job).where(Job.id == job_id).values(prune_attrs=(attrs or {})[job_id]))
+        for job_id in (j for j in owned if (columns or {}).get(j)):
+            session.execute(update(Job).where(Job.id == job_id).values(**(columns or {})[job_id]))
         finished: dict[int, str] = {}
         for job_id in (j for j in owned if j in finishes):
             status, details = finishes[job_id]
             if status is None:  # a hand-back, unless the user asked to cancel it meanwhile
+                # its wall_seconds so far went with the heartbeat above, in this transaction
                 if not ownerships[job_id].cancel_requested and transitions.release(session, {job_id: live[job_id]}):
                     finished[job_id] = RELEASED
                     continue
                 status = JobStatus.cancelled
             extra = {k: v for k, v in details.items() if k != "before_resume"}
+            extra["wall_seconds"] = walls[job_id]
             if transitions.finish(session, job_id, live[job_id], status, **extra):  # summarizes it too
                 finished[job_id] = str(status)
         epochs.refresh_summary(session, [j for j in owned if j in rows and finished.get(j, RELEASED) == RELEASED])

@@ -3,6 +3,7 @@ the helpers that read a union variant's registry keys."""
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -19,10 +20,13 @@ def variant_names(variant: type[BaseModel]) -> tuple[str, ...]:
 
 
 class StrictModel(BaseModel):
-    """No unknown keys, no silent coercion of strings to numbers or booleans."""
+    """No unknown keys, no silent coercion of strings to numbers or booleans, no NaN or infinity
+    in a float field (``allow_inf_nan``): a bound such as ``le=1e4`` lets NaN fail with a
+    misleading message, and inf passes ``gt=0``. A field where inf means something says so
+    (``Unbounded``)."""
 
     # inf is a legitimate default (Prodigy's growth_rate); keep it through JSON as Infinity, not null.
-    model_config = ConfigDict(extra="forbid", strict=True, ser_json_inf_nan="constants")
+    model_config = ConfigDict(extra="forbid", strict=True, ser_json_inf_nan="constants", allow_inf_nan=False)
 
 
 def as_tuple(value: Any) -> Any:
@@ -55,6 +59,16 @@ Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
 Betas = Annotated[tuple[Beta, Beta], BeforeValidator(as_tuple)]
 NonNegative = Annotated[float, Field(ge=0.0)]
 Positive = Annotated[float, Field(gt=0.0)]
+
+
+def _not_nan(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        raise ValueError(f"must be a number, not {value!r}")
+    return value
+
+
+Unbounded = Annotated[float, Field(gt=0.0, allow_inf_nan=True), BeforeValidator(_not_nan)]
+"""A positive float where inf is a value, meaning no bound (Prodigy's ``growth_rate``); never NaN."""
 LearningRate = Annotated[float, Field(gt=0.0, le=1e4, description="Initial learning rate.")]
 Implementation = Annotated[
     bool | None,

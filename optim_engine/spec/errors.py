@@ -73,8 +73,22 @@ def error_details(errors: Iterable[Any], root: Any = None) -> list[dict[str, Any
             loc.append(discriminator)
         elif kind == "extra_forbidden" and where.model is not None and loc:
             msg = _unknown_field(loc[-1], where.model)
+        else:
+            msg = _reworded(kind, error.get("input"), context, msg)
         detail.append({"loc": loc, "msg": msg, "type": kind})
     return detail
+
+
+def _reworded(kind: str, given: Any, context: Mapping[str, Any], msg: str) -> str:
+    """Pydantic's message where it misleads: NaN or inf in a float field, and a string's length,
+    which a constrained string type after a validator counts in "items"."""
+    if kind == "finite_number":
+        return f"must be a finite number, not {given!r}"
+    if kind in ("too_long", "too_short") and isinstance(given, str):
+        bound = "at most" if kind == "too_long" else "at least"
+        limit = context.get("max_length" if kind == "too_long" else "min_length")
+        return f"should have {bound} {limit} characters, not {len(given)}"
+    return msg
 
 
 class _Location(typing.NamedTuple):

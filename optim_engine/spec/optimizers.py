@@ -23,6 +23,7 @@ from optim_engine.spec._base import (
     NonNegative,
     Positive,
     StrictModel,
+    Unbounded,
     as_tuple,
     reject_known,
     variant_names,
@@ -267,7 +268,7 @@ class ProdigyParams(_Decoupled):
     beta3: Beta | None = None
     d0: Positive = 1e-6
     d_coef: Positive = 1.0
-    growth_rate: Positive = math.inf
+    growth_rate: Unbounded = math.inf
     bias_correction: bool = False
     safeguard_warmup: bool = False
     eps: NonNegative | None = 1e-8

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import cache
@@ -46,6 +46,7 @@ class Claim:
     pack_id: str | None
     sweep_id: int | None = None
     trial_number: int | None = None
+    ran_before: float = 0.0  # its earlier attempts' running time (``wall_seconds`` at the claim)
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,14 @@ def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_
             heartbeat_at=now,
             started_at=func.coalesce(Job.started_at, now),
         )
-        .returning(Job.id, Job.attempt, Job.spec, Job.pack_id, Job.sweep_id, Job.trial_number)
+        .returning(Job.id, Job.attempt, Job.spec, Job.pack_id, Job.sweep_id, Job.trial_number, Job.wall_seconds)
     ).all()
-    by_id = {row.id: Claim(row.id, row.attempt, row.spec, row.pack_id, row.sweep_id, row.trial_number) for row in rows}
+    by_id = {
+        row.id: Claim(
+            row.id, row.attempt, row.spec, row.pack_id, row.sweep_id, row.trial_number, row.wall_seconds or 0.0
+        )
+        for row in rows
+    }
     return [by_id[job_id] for job_id in job_ids if job_id in by_id]
 
 
@@ -95,17 +101,30 @@ def _owned(attempts: Mapping[int, int]) -> ColumnElement[bool]:
     )
 
 
+def _wall(walls: Mapping[int, float]) -> Any:
+    """``wall_seconds`` per job (id → seconds), as one expression of an UPDATE of several."""
+    return case({job_id: float(seconds) for job_id, seconds in walls.items()}, value=Job.id, else_=Job.wall_seconds)
+
+
 def heartbeat(
-    session: Session, attempts: Mapping[int, int], *, worker: str | None = None, device: str | None = None
+    session: Session,
+    attempts: Mapping[int, int],
+    *,
+    worker: str | None = None,
+    device: str | None = None,
+    walls: Mapping[int, float] | None = None,
 ) -> dict[int, Ownership]:
-    """Refresh the heartbeat (and record the device) of every job (id → attempt) this worker still
-    owns, in one statement; a job requeued or finished meanwhile is not owned any more (see
-    ``ownership`` for how one this attempt finished itself is told apart, given ``worker``)."""
+    """Refresh the heartbeat (and record the device, and ``walls``: each job's ``wall_seconds``
+    so far) of every job (id → attempt) this worker still owns, in one statement; a job requeued
+    or finished meanwhile is not owned any more (see ``ownership`` for how one this attempt
+    finished itself is told apart, given ``worker``)."""
     if not attempts:
         return {}
     values: dict[str, Any] = {"heartbeat_at": utcnow()}
     if device is not None:
         values["device"] = device
+    if walls:
+        values["wall_seconds"] = _wall(walls)
     rows = session.execute(
         update(Job).where(_owned(attempts)).values(**values).returning(Job.id, Job.cancel_requested)
     ).all()
@@ -149,12 +168,15 @@ def finish(
     diverged_epoch: int | None = None,
     resumed_from_epoch: int | None = None,
     result: Mapping[str, Any] | None = None,
+    wall_seconds: float | None = None,
 ) -> bool:
     """running → a terminal status, with the summary derived from the job's stored rows in the
     same transaction (and the run's ``result``, its artifacts, when it has one); False when this
-    attempt no longer owns the job. A succeeded job gets its result-cache key
-    (``service.cache.of_run``: its spec hash and the torch, device and optimlab its
-    ``environment`` reports), so a later identical job is served from it instead of trained."""
+    attempt no longer owns the job. ``wall_seconds``: its attempts' running time, this one's
+    included (the worker counts it); without it, the time since the job first started. A
+    succeeded job gets its result-cache key (``service.cache.of_run``: its spec hash and the
+    torch, device and optimlab its ``environment`` reports), so a later identical job is served
+    from it instead of trained."""
     _legal(R, status)
     now = utcnow()
     values: dict[str, Any] = {"status": status, "finished_at": now, "error": error}
@@ -171,7 +193,9 @@ def finish(
     ).first()
     if row is None:
         return False
-    wall = (now - row.started_at).total_seconds() if row.started_at is not None else None
+    wall = wall_seconds
+    if wall is None and row.started_at is not None:
+        wall = (now - row.started_at).total_seconds()
     key = cache.of_run(row.spec_hash, environment) if status == JobStatus.succeeded else None
     refresh_summary(session, [job_id], wall_seconds=wall, cache_key=key)
     return True
@@ -228,8 +252,10 @@ def requeue_stale(session: Session, *, stale_after_s: float) -> int:
 def release(session: Session, attempts: Mapping[int, int]) -> list[int]:
     """running → queued, not yet sent, for the jobs (id → attempt) this attempt still owns and
     whose cancel nobody asked for: a worker that shuts down hands them back, the dispatcher sends
-    them again and they resume from their checkpoint. Returns the ids released; a job left out
-    was taken by another attempt, or is to be cancelled instead (the caller finishes it)."""
+    them again and they resume from their checkpoint (``wall_seconds`` keeps their running time so
+    far, which the next attempt counts on from: the wait between is not counted). Returns the ids
+    released; a job left out was taken by another attempt, or is to be cancelled instead (the
+    caller finishes it)."""
     _legal(R, Q)
     if not attempts:
         return []

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 from starlette.concurrency import run_in_threadpool
 
 from optim_engine.results import METRIC_NAMES
@@ -22,6 +24,21 @@ from service.schemas import MAX_ID, Id, Text, error_responses, replayed
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 SORT_PATTERN = f"^[-+]?({'|'.join(job_service.SORT_KEYS)})$"
+
+
+def _sort_key(value: str) -> str:
+    """A 422 at ``sort`` that lists the keys (the pattern alone would answer with a regex)."""
+    if re.fullmatch(SORT_PATTERN, value) is None:
+        keys = ", ".join(job_service.SORT_KEYS)
+        raise ValueError(f"unknown sort key {value!r}; use one of {keys}, with a '-' prefix for descending")
+    return value
+
+
+SortKey = Annotated[
+    str,
+    AfterValidator(_sort_key),
+    Query(description="A sort key; '-' prefix for descending.", json_schema_extra={"pattern": SORT_PATTERN}),
+]
 
 
 @router.post("", status_code=201, response_model=JobOut, responses=error_responses(409) | replayed(JobOut, "job"))
@@ -56,9 +73,7 @@ def list_jobs(
     owner: Annotated[
         Text | None, Query(max_length=64, description="Admins: only this owner's ('' : created with auth off).")
     ] = None,
-    sort: Annotated[
-        str, Query(pattern=SORT_PATTERN, description="A sort key; '-' prefix for descending.")
-    ] = "-created_at",
+    sort: SortKey = "-created_at",
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> JobPage:

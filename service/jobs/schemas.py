@@ -66,9 +66,27 @@ _JobSummaryFields: Any = create_model(
     best_loss=_optional_float("Best monitored loss (validation loss when there is a validation set)."),
     best_epoch=(int | None, ...),
     **{f"best_{m.name}": _optional_float(f"Best {m.name} over the epochs ({m.best}).") for m in SUMMARY_METRICS},
-    wall_seconds=(float | None, ...),
+    wall_seconds=(
+        float | None,
+        Field(
+            description=(
+                "Seconds the job's attempts ran, summed: not the time it waited between them (handed back "
+                "while the server was down, queued again). Counted by the worker and written with every "
+                "heartbeat, so it grows while the job runs and an attempt whose worker died counts up to "
+                "its last heartbeat. run_seconds is the time from first start to finish instead."
+            )
+        ),
+    ),
     diverged_epoch=(int | None, ...),
-    resumed_from_epoch=(int | None, Field(description="Epoch restored from a checkpoint on the latest attempt.")),
+    resumed_from_epoch=(
+        int | None,
+        Field(
+            description=(
+                "Epoch restored from a checkpoint on the latest attempt that resumed one: set with the first "
+                "epoch that attempt reports, not only when the job finishes."
+            )
+        ),
+    ),
 )
 
 _EpochRowFields: Any = create_model(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from service.cli import app as cli_app
 from service.db.migrate import upgrade
 from service.db.models import ApiKey, JobStatus
 from service.db.session import make_engine
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 from tests.conftest import seed_spec, service_settings
 from tests.factories import advance, job_body
 
@@ -326,6 +327,8 @@ def served(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, An
     monkeypatch.setattr(signal, "signal", lambda *_: None)  # `up` would replace pytest's SIGTERM handler
     monkeypatch.setenv("OPTIMLAB_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OPTIMLAB_REQUEUE_QUEUED_AFTER_S", "0")  # `up` sets a default; restored after
+    monkeypatch.setenv("OPTIMLAB_GPU_WORKERS", "unset")  # `up` sets it without GPUs; unset again after
+    monkeypatch.delenv("OPTIMLAB_GPU_WORKERS")
     get_settings.cache_clear()
     return calls
 
@@ -377,6 +380,16 @@ def test_up_with_auth_off_serves_loopback_and_says_it_is_open(served: list[dict[
     assert result.exit_code == 0, result.output
     assert "open to anyone on this machine" in result.stderr
     assert [call["host"] for call in served] == ["127.0.0.1"]
+
+
+@pytest.mark.parametrize(("gpus", "expected"), [("none", "false"), ("0", None)])
+def test_up_without_gpus_tells_the_api_no_gpu_worker_serves_it(
+    served: list[dict[str, Any]], gpus: str, expected: str | None
+) -> None:
+    result = CliRunner().invoke(cli_app, ["up", "--workers", "0", "--gpus", gpus])
+    assert result.exit_code == 0, result.output
+    assert os.environ.get("OPTIMLAB_GPU_WORKERS") == expected
+    assert Settings().gpu_workers is (expected is None)
 
 
 @pytest.mark.parametrize(

@@ -268,3 +268,32 @@ def test_healthz_answers_while_a_large_csv_is_checked(
     assert posted["seconds"] > 1.5  # the check was slow ...
     assert len(latencies) >= 5  # ... and healthz answered throughout,
     assert max(latencies) < 1.0  # each time promptly
+
+
+# --- devices no worker serves ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_job_without_gpu_workers_is_a_422_at_the_device(
+    tmp_path: Path, database: str, data_root: Path, device: str
+) -> None:
+    with TestClient(create_app(service_settings(tmp_path, database, gpu_workers=False))) as cpu_only:
+        detail = rejected(cpu_only, seed_spec({"name": "sgd"}) | {"device": device})
+        assert (detail["field"], detail["type"]) == ("spec.device", "unavailable_on_host")
+        assert detail["msg"] == admission.NO_GPU_WORKER
+        assert "use device: cpu or auto" in detail["msg"]
+        for fine in ("cpu", "auto"):
+            accepted = cpu_only.post("/v1/jobs", json=job_body(seed_spec({"name": "sgd"}) | {"device": fine}))
+            assert accepted.status_code == 201, accepted.text
+        sweep = {"base": seed_spec({"name": "sgd"}), "grid": {"device": ["cpu", device]}}
+        response = cpu_only.post("/v1/sweeps", json=sweep)
+        assert response.status_code == 422, response.text
+        (detail,) = response.json()["detail"]
+        assert (detail["field"], detail["combination"]["device"]) == ("spec.device", device)
+    assert job_count(database) == 2
+
+
+def test_a_cuda_job_is_accepted_where_gpu_workers_may_serve_it(client: TestClient) -> None:
+    response = client.post("/v1/jobs", json=job_body(seed_spec({"name": "sgd"}) | {"device": "cuda"}))
+    assert response.status_code == 201, response.text
+    assert response.json()["queue"] == "gpu"

@@ -302,3 +302,41 @@ def test_every_operation_documents_the_statuses_it_answers(client: TestClient) -
     for operations in paths.values():
         for operation in operations.values():
             assert {"400", "413"} <= set(operation["responses"])
+
+
+@pytest.mark.parametrize("lr", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_float_is_a_422_saying_finite_not_a_bound(client: TestClient, lr: str) -> None:
+    body = json.dumps(job_body(SPEC | {"optimizer": {"name": "sgd", "lr": 0.0}})).replace('"lr": 0.0', f'"lr": {lr}')
+    response = client.post("/v1/jobs", content=body, headers={"Content-Type": "application/json"})
+    entry = rejected(response, "spec.optimizer.lr")
+    assert entry["type"] == "finite_number"
+    assert entry["msg"].startswith("must be a finite number, not "), entry["msg"]
+    as_string = client.post("/v1/jobs", json=job_body(SPEC | {"optimizer": {"name": "sgd", "lr": lr}}))
+    assert rejected(as_string, "spec.optimizer.lr")["msg"] == entry["msg"], "a YAML string 'NaN' reads the same"
+    grid = {"base": SPEC, "grid": {"optimizer.params.momentum": [0.9, float(lr)]}}
+    swept = client.post("/v1/sweeps", content=json.dumps(grid), headers={"Content-Type": "application/json"})
+    assert "finite number" in rejected(swept, "spec.optimizer.params.momentum")["msg"]
+
+
+def test_infinity_stays_valid_where_it_means_no_bound(client: TestClient) -> None:
+    prodigy = SPEC | {"optimizer": {"name": "prodigy", "lr": 1.0, "params": {"growth_rate": "Infinity"}}}
+    assert client.post("/v1/jobs", json=job_body(prodigy)).status_code == 201
+    prodigy["optimizer"]["params"]["growth_rate"] = "NaN"
+    entry = rejected(client.post("/v1/jobs", json=job_body(prodigy)), "spec.optimizer.params.growth_rate")
+    assert entry["msg"] == "must be a number, not nan"
+
+
+@pytest.mark.parametrize("route", ["/v1/jobs", "/v1/sweeps"])
+def test_a_name_too_long_is_counted_in_characters(client: TestClient, route: str) -> None:
+    body = (job_body(SPEC) if route == "/v1/jobs" else dict(SWEEP)) | {"name": "n" * 100_000}
+    entry = rejected(client.post(route, json=body), "name")
+    assert entry["msg"] == "should have at most 200 characters, not 100000"
+
+
+@pytest.mark.parametrize("sort", ["evil", "-evil", "--created_at", "created_at;drop"])
+def test_an_unknown_sort_key_is_a_422_listing_the_keys(client: TestClient, sort: str) -> None:
+    entry = rejected(client.get("/v1/jobs", params={"sort": sort}), "sort")
+    assert f"unknown sort key {sort!r}; use one of " in entry["msg"]
+    assert "created_at, epochs_done" in entry["msg"], "the keys"
+    assert "^" not in entry["msg"], "not a regex"
+    assert client.get("/v1/jobs", params={"sort": "-wall_seconds"}).status_code == 200

@@ -4,6 +4,7 @@ resumes there: no epoch trained twice, none lost. Through ``execute``, on SQLite
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -39,3 +40,35 @@ def test_a_handed_back_job_resumes_at_the_epoch_it_stopped_at(
     finished = job(sessions, job_id)
     assert (finished.attempt, finished.resumed_from_epoch) == (2, at)
     assert sorted(rows(sessions, job_id)) == list(range(1, EPOCHS + 1))
+
+
+def test_a_resumed_attempt_shows_its_resume_point_while_it_runs_and_not_the_time_it_waited(
+    sessions: sessionmaker[Session], tmp_path: Path, database_url: str
+) -> None:
+    settings: Settings = service_settings(tmp_path, database_url, metrics_flush_s=0.05)
+    job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=EPOCHS, dataset=SLOW))
+    began = time.monotonic()
+    first = Background([job_id], sessions, settings)
+    until(lambda: len(rows(sessions, job_id)) >= 3, 60, "three epochs")
+    shutdown.request()
+    assert first.join(30) == "released=1"
+    released = job(sessions, job_id)
+    at, ran = released.epochs_done, released.wall_seconds
+    assert released.resumed_from_epoch is None
+    assert ran is not None, "a hand-back banks the attempt's running time"
+    assert ran > 0
+
+    waited = 3.0  # the server is down: not the job's running time
+    time.sleep(waited)
+    shutdown.clear()
+    second = Background([job_id], sessions, settings)
+    until(lambda: len(rows(sessions, job_id)) > at, 60, "an epoch of the resumed attempt")
+    running = job(sessions, job_id)
+    assert (running.status, running.attempt, running.resumed_from_epoch) == ("running", 2, at), "visible at once"
+    assert running.wall_seconds is not None
+    assert running.wall_seconds > ran, "it counts on from the first attempt's time while it runs"
+    shutdown.request()
+    assert second.join(30) == "released=1"
+    total = job(sessions, job_id).wall_seconds
+    assert total is not None
+    assert ran < total < time.monotonic() - began - waited, "both attempts' running time, not the wait"

@@ -317,3 +317,22 @@ def test_a_stale_cancel_flag_is_read_from_the_database_when_polled(
     stale.learned_at = time.monotonic() - 2 * writer.FRESH_FLAG_S
     assert stale.stopping([job_id]) == {0}
     assert stale.jobs[job_id].cancel_requested
+
+
+def test_a_device_this_host_lacks_fails_the_job_with_the_error_named_once(
+    sessions: sessionmaker[Session], settings: Settings
+) -> None:
+    job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=2) | {"device": "cuda"})
+    if torch_cuda_available():
+        pytest.skip("this host has a CUDA device")
+    assert execute([job_id], sessions, settings) == "failed=1"
+    job, rows = load(sessions, job_id)
+    assert (job.status, rows) == ("failed", [])
+    assert job.error is not None
+    assert job.error.startswith("RuntimeError: device 'cuda' requested"), job.error
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
