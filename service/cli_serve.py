@@ -198,6 +198,9 @@ def _serve(app: Any, host: str, port: int, log_level: str, pool: _WorkerPool) ->
                 pool.force()
                 self.force_exit = True
             else:
+                dispatcher = getattr(app.state, "dispatcher", None)  # set once the app has started
+                if dispatcher is not None:
+                    dispatcher.halt()  # first: the jobs the workers hand back must stay unsent
                 pool.ask_to_stop()
                 self.should_exit = True
 

@@ -57,6 +57,13 @@ class Dispatcher:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def halt(self) -> None:
+        """Send nothing more, returning at once (a signal handler calls it): `optimlab up` halts
+        its dispatcher before its workers hand their jobs back, so those stay unsent for the next
+        start instead of being sent to workers that are stopping."""
+        self._stop.set()
+        self._wake.set()
+
     def wake(self) -> None:
         """Send what is unsent now (returns at once; the thread sends)."""
         self._wake.set()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from service.broker import LEGACY_RUN_JOB, LEGACY_RUN_PACK, RUN
 from service.db.models import Job
 from service.settings import get_settings
+from workers import shutdown
 from workers.app import app
 from workers.database import DatabaseLost, session_factory, with_db
 from workers.run import execute
@@ -23,7 +24,12 @@ from workers.run import execute
 @app.task(name=RUN)
 def run(job_ids: list[int]) -> str:
     """Celery entry point; returns what became of the jobs. A claim that could not be written
-    (the database is down) sends the message back to the broker instead of acknowledging it."""
+    (the database is down), or a message that arrives once this worker is stopping, goes back to
+    the broker instead of being acknowledged."""
+    if shutdown.requested():
+        # Delivered while this worker stops (the dispatcher re-sent a job handed back a moment
+        # ago): claiming it would only hand it back again and lose the message with this process.
+        raise Reject(f"jobs {job_ids}: worker shutting down", requeue=True)
     settings = get_settings()
     sessions = session_factory(settings.resolved_database_url(), os.getpid(), settings.stale_after_s / 2)
     try:

@@ -282,3 +282,33 @@ def test_help_lists_every_command(cli: Cli) -> None:
     assert shown.returncode == 0
     for command in ("submit", "sweep", "wait", "jobs", "sweeps", "leaderboard", "export", "plot", "up", "worker"):
         assert f" {command} " in shown.stdout, command
+
+
+def test_the_remaining_commands_fit_and_answer(cli: Cli, swept: tuple[int, Any]) -> None:
+    """metrics, jobs show, analyze, cancel --sweep, keys and db: each in a subprocess at 100 columns."""
+    sweep_id, _ = swept
+    listed = cli("jobs", "ls", "--sweep", str(sweep_id), "--limit", "1")
+    job_id = table_rows(listed.stdout)[0][0]
+    shown = cli("jobs", "show", job_id)
+    assert (shown.returncode, json.loads(shown.stdout)["id"]) == (0, int(job_id))
+    epochs = cli("metrics", job_id)
+    assert epochs.returncode == 0
+    assert len(table_rows(epochs.stdout)) == SPEC["epochs"]
+    for args in (["compare", str(sweep_id)], ["divergence", str(sweep_id)], ["budget", str(sweep_id)]):
+        answered = cli("analyze", *args)
+        assert answered.returncode == 0, (args, answered.stderr)
+        assert table_rows(answered.stdout), args
+        assert_fits(answered.stdout)
+    home = {"OPTIMLAB_HOME": str(cli.cwd / "home")}
+    assert cli("db", "upgrade", **home).returncode == 0
+    created = cli("keys", "create", "--owner", "alice", "--name", "laptop", **home)
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip().startswith("olk_")  # the token alone on stdout
+    keys = cli("keys", "ls", **home)
+    assert (keys.returncode, "alice" in keys.stdout) == (0, True)
+    assert_fits(keys.stdout)
+    (cli.cwd / "later.yaml").write_text(yaml.safe_dump({"base": SPEC | {"epochs": 5000}, "seeds": [0, 1]}))
+    later = cli("sweep", "later.yaml").stdout.splitlines()[0]
+    cancelled = cli("cancel", later, "--sweep")
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cli("wait", later, "--sweep").returncode == 3  # its jobs were cancelled
