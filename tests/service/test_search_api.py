@@ -321,4 +321,6 @@ def test_the_cli_sweep_file_takes_the_search_keys(
     assert sweep["search"]["pruner"] == {"name": "asha", "reduction_factor": 2}
     search.write_text(yaml.safe_dump(SEARCH | {"prunner": "median"}))
     unknown = CliRunner().invoke(cli_app, ["sweep", str(search), "--url", "http://test"])
-    assert (unknown.exit_code, "unknown key 'prunner' (did you mean 'pruner'?)" in unknown.output) == (2, True), unknown.output
+    assert (unknown.exit_code, "unknown key 'prunner' (did you mean 'pruner'?)" in unknown.output) == (2, True), (
+        unknown.output
+    )
