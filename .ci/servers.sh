@@ -8,7 +8,7 @@ set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need+=(postgresql)
-command -v chromium >/dev/null || need+=(chromium)
+command -v chromium >/dev/null || need+=(chromium fonts-liberation)  # its recommended fonts: --no-install-recommends skips them
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "${CI:-}" != "true" ]; then
