@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 from service.labels import flatten as flatten  # re-exported: their home is service.labels
+from service.labels import grouped
 from service.labels import label as label
 
 TERMINAL = frozenset({"succeeded", "failed", "diverged", "cancelled", "pruned"})
@@ -39,20 +40,16 @@ def short_label(flat: Mapping[str, Any]) -> str:
     ``_annealing``), common knobs abbreviated (``ABBREVIATIONS``); ``label`` spells it out."""
     if not flat:
         return "base"
-    groups: dict[str, list[str]] = {}
-    for path, value in flat.items():
-        top, _, rest = path.partition(".")
-        words = groups.setdefault(top, [])
-        leaf = rest.rsplit(".", 1)[-1] if rest else top
-        if value is None:
-            words.append(f"{'sched' if top == 'scheduler' else top}=none")
-        elif leaf == "name" and rest:
-            chain = str(value).split("→")  # a chain of schedulers: each name short
-            words.insert(0, "→".join(name.removesuffix("_lr").replace("_annealing", "") for name in chain))
-        else:
-            shown = f"{value:g}" if isinstance(value, float) else str(value)
-            words.append(f"{ABBREVIATIONS.get(leaf, leaf)}={shown}")
-    return " ".join(word for words in groups.values() for word in words)
+    return " ".join(word for words in grouped(flat, _short_word) for word in words)
+
+
+def _short_word(top: str, leaf: str, value: Any, is_name: bool) -> str:
+    if value is None:
+        return f"{'sched' if top == 'scheduler' else top}=none"
+    if is_name:  # a chain of schedulers: each name short
+        return "→".join(name.removesuffix("_lr").replace("_annealing", "") for name in str(value).split("→"))
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{ABBREVIATIONS.get(leaf, leaf)}={shown}"
 
 
 def short_labels(configs: Sequence[Mapping[str, Any]]) -> list[str]:

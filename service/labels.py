@@ -6,7 +6,7 @@ Pure: no imports beyond the standard library, so the CLI, the API and the tests 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 
@@ -22,23 +22,36 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def grouped(flat: Mapping[str, Any], spell: Callable[[str, str, Any, bool], str]) -> list[list[str]]:
+    """A configuration's words grouped by the spec's top-level key, each group's name first:
+    ``spell(top, leaf, value, is_name)`` writes one path's word. The one walk behind ``label``
+    and the CLI's ``short_label``."""
+    groups: dict[str, list[str]] = {}
+    for path, value in flat.items():
+        top, _, rest = path.partition(".")
+        words = groups.setdefault(top, [])
+        leaf = rest.rsplit(".", 1)[-1] if rest else top
+        is_name = value is not None and leaf == "name" and bool(rest)
+        word = spell(top, leaf, value, is_name)
+        if is_name:
+            words.insert(0, word)
+        else:
+            words.append(word)
+    return list(groups.values())
+
+
+def _spell(top: str, leaf: str, value: Any, is_name: bool) -> str:
+    if value is None:
+        return f"{top}=none"
+    return str(value) if is_name else f"{leaf}={value}"
+
+
 def label(flat: Mapping[str, Any]) -> str:
     """A short, stable name for a configuration, grouped by the spec's top-level key:
     ``sgd lr=0.01 momentum=0.9 | step_lr step_size=10 gamma=0.1``, ``lr=0.1``, ``scheduler=none``."""
     if not flat:
         return "base"
-    groups: dict[str, list[str]] = {}
-    for path, value in flat.items():
-        top, _, rest = path.partition(".")
-        parts = groups.setdefault(top, [])
-        leaf = rest.rsplit(".", 1)[-1] if rest else top
-        if value is None:
-            parts.append(f"{top}=none")
-        elif leaf == "name" and rest:
-            parts.insert(0, str(value))
-        else:
-            parts.append(f"{leaf}={value}")
-    return " | ".join(" ".join(parts) for parts in groups.values())
+    return " | ".join(" ".join(words) for words in grouped(flat, _spell))
 
 
 def config_label(config: Mapping[str, Any], optimizer: str | None = None) -> str:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import posixpath
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from optim_engine.plugins import DatasetPlugin, discover
 from optim_engine.spec._base import NonNegative, StrictModel, Width, reject_known, variant_names
 from optim_engine.spec.errors import spec_error
-from optim_engine.spec.models import params_field
+from optim_engine.spec.models import plugin_variant
 
 Task = Literal["classification", "regression"]
 InfoTask = Literal["classification", "regression", "function"]
@@ -176,16 +176,7 @@ class PluginDataset(_DatasetBase):
 
 
 def _plugin_variant(plugin: DatasetPlugin) -> type[PluginDataset]:
-    title = "".join(part.title() for part in plugin.name.split("_"))
-    variant = create_model(
-        f"{title}PluginDataset",
-        __base__=PluginDataset,
-        __doc__=plugin.description or f"The {plugin.name} dataset of an installed plugin.",
-        name=(Literal[plugin.name], Field(description="Registry key.")),  # type: ignore
-        params=(plugin.params_model, params_field(plugin.params_model)),
-    )
-    variant.plugin = plugin
-    return variant
+    return plugin_variant(plugin, PluginDataset, "dataset")
 
 
 _BUILT_IN: list[type[StrictModel]] = [

@@ -7,7 +7,7 @@ and every spec that names it is rejected at ``model`` with the reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, Union
 
 from pydantic import BaseModel, BeforeValidator, Field, create_model
 
@@ -98,6 +98,9 @@ class PointModel(StrictModel):
     params: PointParams = Field(default_factory=PointParams)
 
 
+V = TypeVar("V", bound=StrictModel)
+
+
 class PluginModel(StrictModel):
     """The base of every plugin model variant: ``name`` is the plugin's, ``params`` its
     ``params_model``; ``plugin`` is the ``ModelPlugin`` it came from."""
@@ -116,17 +119,23 @@ def params_field(params_model: type[BaseModel]) -> Any:
     return Field(default_factory=params_model)
 
 
-def _plugin_variant(plugin: ModelPlugin) -> type[PluginModel]:
+def plugin_variant(plugin: Any, base: type[V], kind: str) -> type[V]:
+    """The spec variant of a model or dataset plugin: ``base`` with the plugin's name as its tag
+    and its params model as ``params``; the plugin rides along as a class attribute."""
     title = "".join(part.title() for part in plugin.name.split("_"))
     variant = create_model(
-        f"{title}PluginModel",
-        __base__=PluginModel,
-        __doc__=plugin.description or f"The {plugin.name} model of an installed plugin.",
+        f"{title}Plugin{kind.title()}",
+        __base__=base,
+        __doc__=plugin.description or f"The {plugin.name} {kind} of an installed plugin.",
         name=(Literal[plugin.name], Field(description="Registry key.")),  # type: ignore
         params=(plugin.params_model, params_field(plugin.params_model)),
     )
-    variant.plugin = plugin
+    variant.plugin = plugin  # type: ignore[attr-defined]
     return variant
+
+
+def _plugin_variant(plugin: ModelPlugin) -> type[PluginModel]:
+    return plugin_variant(plugin, PluginModel, "model")
 
 
 MODEL_PLUGIN_GROUP = "optimlab.models"
