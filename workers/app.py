@@ -165,7 +165,7 @@ def _warm_database() -> None:
             transitions.claim(session, list(nobody), worker="warm-up", stale_after_s=settings.stale_after_s)
             transitions.heartbeat(session, nobody, worker="warm-up", device="cpu")
             transitions.heartbeat(session, nobody, worker="warm-up")
-            transitions.finish(session, -1, 0, JobStatus.succeeded, environment={})
+            transitions.finish(session, -1, 0, JobStatus.succeeded, environment={}, wall_seconds=0.0, spec_hash="-")
             epochs.refresh_summary(session, list(nobody))
         finally:
             transaction.rollback()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -75,6 +75,7 @@ class Attempts:
     ) -> None:
         self.jobs = {c.job_id: _Owned(c.attempt) for c in claims}
         self.ran_before = {c.job_id: c.ran_before for c in claims}
+        self.spec_hashes = {c.job_id: c.spec_hash for c in claims}
         self.database_error: DatabaseLost | None = None
         self.learned_at = time.monotonic()
         self.sessions = sessions
@@ -175,6 +176,13 @@ def finish_details(result: Any) -> dict[str, Any]:
 Finish = tuple[JobStatus | None, dict[str, Any]]
 """A job's final write: its status (None: hand it back to the queue) and ``finish``'s details."""
 
+Written = tuple[dict[int, transitions.Ownership], dict[int, str]]
+"""What a flush's transaction learned of each job, and the jobs it finished (id → status)."""
+
+
+class _NotOwned(Exception):
+    """A final write found a job this attempt no longer owns (its transaction rolls back)."""
+
 
 class Writer(threading.Thread):
     """Writes epoch rows and final statuses of a task's jobs. Rows alone are flushed at most once
@@ -269,8 +277,12 @@ class Writer(threading.Thread):
             finishes, self._finishes = self._finishes, {}
             columns, self._columns = self._columns, {}
         write = partial(self._write, rows=rows, finishes=finishes, device=self._device, columns=columns)
+        final = None if columns else self._final(rows, finishes, self._device)
         try:
-            ownerships, finished = with_db(self._attempts.sessions, write, self._attempts.budget_s)
+            try:
+                ownerships, finished = with_db(self._attempts.sessions, final or write, self._attempts.budget_s)
+            except _NotOwned:  # rolled back: written the careful way, which tells what happened
+                ownerships, finished = with_db(self._attempts.sessions, write, self._attempts.budget_s)
         except DatabaseLost as exc:
             with self._wake:  # unwritten work goes back for the final flush (if the database returns)
                 for job_id, batch in rows.items():
@@ -286,6 +298,40 @@ class Writer(threading.Thread):
             self._attempts.jobs[job_id].finished = True
         return True
 
+    def _final(
+        self, rows: dict[int, list[dict[str, Any]]], finishes: dict[int, Finish], device: str | None
+    ) -> Callable[[Session], Written] | None:
+        """The write of a flush that ends every job this attempt still runs (a job's last epoch,
+        a pack's end) as its rows and the final UPDATEs alone, or None when this flush does not
+        end them all. Each final UPDATE's guard proves the job is still this attempt's, so the
+        heartbeat that ``_write`` starts with is not needed; the rows go first, so the summary is
+        derived from them. A guard that fails (another attempt took the job over, or an earlier
+        try of this write committed) raises ``_NotOwned``, which rolls it all back for ``_write``
+        to do instead: it tells those cases apart."""
+        live = self._attempts.live()
+        if not live or any(finishes.get(job_id, (None, {}))[0] is None for job_id in live):
+            return None
+
+        def final(session: Session) -> Written:
+            walls = self._attempts.walls(live)
+            epochs.record(session, {j: finishes[j][1].get("before_resume", []) + rows.get(j, []) for j in live})
+            finished: dict[int, str] = {}
+            for job_id, attempt in live.items():
+                status, details = finishes[job_id]
+                assert status is not None
+                extra = {k: v for k, v in details.items() if k != "before_resume"}
+                extra |= {
+                    "wall_seconds": walls[job_id],
+                    "device": device,
+                    "spec_hash": self._attempts.spec_hashes[job_id],
+                }
+                if not transitions.finish(session, job_id, attempt, status, **extra):
+                    raise _NotOwned(job_id)
+                finished[job_id] = str(status)
+            return {job_id: transitions.Ownership(True) for job_id in live}, finished
+
+        return final
+
     def _write(
         self,
         session: Session,
@@ -294,7 +340,7 @@ class Writer(threading.Thread):
         finishes: dict[int, Finish],
         device: str | None,
         columns: dict[int, dict[str, Any]] | None = None,
-    ) -> tuple[dict[int, transitions.Ownership], dict[int, str]]:
+    ) -> Written:
         """Heartbeat, rows, summaries and final statuses in the caller's transaction; returns what
         it learned and which jobs it finished, applied by the caller once the transaction
         committed (a retried transaction runs this again)."""
@@ -316,7 +362,7 @@ class Writer(threading.Thread):
                     continue
                 status = JobStatus.cancelled
             extra = {k: v for k, v in details.items() if k != "before_resume"}
-            extra["wall_seconds"] = walls[job_id]
+            extra |= {"wall_seconds": walls[job_id], "spec_hash": self._attempts.spec_hashes.get(job_id)}
             if transitions.finish(session, job_id, live[job_id], status, **extra):  # summarizes it too
                 finished[job_id] = str(status)
         epochs.refresh_summary(session, [j for j in owned if j in rows and finished.get(j, RELEASED) == RELEASED])

@@ -23,6 +23,7 @@ from service.db.models import EpochMetric, Job
 from service.db.session import utcnow
 
 EPOCHS: Table = EpochMetric.__table__  # type: ignore[assignment]
+JOBS: Table = Job.__table__  # type: ignore[assignment]
 
 
 def _finite(value: Any) -> float | None:
@@ -56,15 +57,16 @@ def refresh_summary(session: Session, job_ids: Sequence[int], **also: Any) -> No
     """Set the summary columns of ``job_ids`` from their stored rows (and the columns ``also``
     names, to these values), in one UPDATE."""
     if job_ids:
-        session.execute(update(Job).where(Job.id.in_(list(job_ids))).values(**_summary_values(), **also))
+        session.execute(update(JOBS).where(JOBS.c.id.in_(list(job_ids))).values(**summary_values(), **also))
 
 
 @cache
-def _summary_values() -> dict[str, Any]:
+def summary_values() -> dict[str, Any]:
     """Correlated subqueries over ``epoch_metrics`` for each summary column of the row updated
-    (built once: expressions are immutable, and every job's final write runs them)."""
+    (built once: expressions are immutable, and every job's final write runs them): the values
+    of an UPDATE of ``jobs`` that sets its summary from its stored rows."""
     rows = EPOCHS.c
-    of_job = rows.job_id == Job.id
+    of_job = rows.job_id == JOBS.c.id
 
     def last(column: Any) -> ScalarSelect[Any]:
         return select(column).where(of_job).order_by(rows.epoch.desc()).limit(1).scalar_subquery()

@@ -20,7 +20,7 @@ from service.db.models import EpochMetric, Job, JobStatus
 from service.db.session import utcnow
 from service.settings import Settings
 from tests.conftest import seed_spec, service_settings
-from tests.factories import insert_job
+from tests.factories import epoch_row, insert_job
 from workers import run, shutdown, writer
 from workers.run import execute
 
@@ -202,7 +202,7 @@ def final_writes(monkeypatch: pytest.MonkeyPatch, after_commit: Callable[[Any, A
 
     def with_db(sessions: Any, work: Any, budget_s: float = 30.0) -> Any:
         result = real(sessions, work, budget_s)
-        if getattr(work, "func", None) is not None and result[1]:  # a Writer._write that finished a job
+        if isinstance(result, tuple) and result[1]:  # a Writer's write (final or careful) that finished a job
             return after_commit(sessions, work, real) or result
         return result
 
@@ -235,6 +235,28 @@ def test_a_final_write_retried_after_its_commit_is_not_a_lost_job(
     assert execute([job_id], sessions, settings) == "succeeded=1"
     assert job(sessions, job_id).status == "succeeded"
     assert not (settings.resolved_checkpoint_dir() / str(job_id)).exists()
+
+
+def test_a_job_taken_over_just_before_its_final_write_gets_nothing_from_it(sessions: sessionmaker[Session]) -> None:
+    """The final write skips the heartbeat (its UPDATE's guard proves ownership); when the guard
+    fails, none of it stays: no rows, no status, and the job is lost to this attempt."""
+    with sessions() as session, session.begin():
+        job_id = insert_job(session, seed_spec({"name": "sgd"}))
+        (claim,) = transitions.claim(session, [job_id], worker="old:1", stale_after_s=60)
+    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="old:1")
+    rows = writer.Writer(attempts, flush_s=30, device="cpu")
+    rows.start()
+    with sessions() as session, session.begin():  # the reaper requeued it and a new attempt took it
+        session.execute(update(Job).where(Job.id == job_id).values(attempt=Job.attempt + 1, worker="new:1"))
+    rows.submit(job_id, epoch_row(1, 1.0))
+    rows.finish(job_id, JobStatus.succeeded)
+    rows.close()
+    assert rows.statuses == {}
+    assert attempts.lost() == [job_id]
+    with sessions() as session:
+        stored = session.get_one(Job, job_id)
+        assert (stored.status, stored.worker, stored.attempt, stored.device) == ("running", "new:1", 2, None)
+        assert session.scalars(select(EpochMetric).where(EpochMetric.job_id == job_id)).all() == []
 
 
 def test_a_frozen_attempt_writes_no_checkpoint_and_leaves_the_new_owners_files(
