@@ -51,6 +51,7 @@ class _Owned:
     lost: bool = False
     cancel_requested: bool = False
     finished: bool = False  # its final status is written, or it was handed back
+    status: str | None = None  # the final status a read found this attempt wrote (see ``learn``)
 
 
 class Attempts:
@@ -98,6 +99,7 @@ class Attempts:
             job = self.jobs[job_id]
             if ownership.finished is not None:
                 job.finished = True  # this attempt's own final write, seen before its writer noted it
+                job.status = str(ownership.finished)
             elif not job.finished:
                 job.lost = job.lost or not ownership.owned
                 job.cancel_requested = job.cancel_requested or ownership.cancel_requested
@@ -293,6 +295,12 @@ class Writer(threading.Thread):
             return False
         self._device = None
         self._attempts.learn(ownerships)
+        for job_id in finishes.keys() - finished.keys():
+            # A write committed, its acknowledgement was lost, and a heartbeat read saw the job
+            # finished before the retry, which then left it out: its status is the one read.
+            status = self._attempts.jobs[job_id].status
+            if status is not None:
+                finished[job_id] = status
         for job_id, status in finished.items():
             self.statuses[job_id] = status
             self._attempts.jobs[job_id].finished = True
@@ -301,16 +309,18 @@ class Writer(threading.Thread):
     def _final(
         self, rows: dict[int, list[dict[str, Any]]], finishes: dict[int, Finish], device: str | None
     ) -> Callable[[Session], Written] | None:
-        """The write of a flush that ends every job this attempt still runs (a job's last epoch,
-        a pack's end) as its rows and the final UPDATEs alone, or None when this flush does not
-        end them all. Each final UPDATE's guard proves the job is still this attempt's, so the
+        """The write of a flush that ends the one job this attempt still runs (a separate job's
+        last epoch, a pack's last trial) as its rows and its final UPDATE alone, or None for
+        any other flush. The final UPDATE's guard proves the job is still this attempt's, so the
         heartbeat that ``_write`` starts with is not needed; the rows go first, so the summary is
         derived from them. A guard that fails (another attempt took the job over, or an earlier
         try of this write committed) raises ``_NotOwned``, which rolls it all back for ``_write``
-        to do instead: it tells those cases apart."""
+        to do instead: it tells those cases apart. Several jobs are left to ``_write``: updated
+        one by one here, they could be locked in another order than a heartbeat's single UPDATE
+        locks them (a deadlock on PostgreSQL)."""
         live = self._attempts.live()
-        if not live or any(finishes.get(job_id, (None, {}))[0] is None for job_id in live):
-            return None
+        if len(live) != 1 or any(finishes.get(job_id, (None, {}))[0] is None for job_id in live):
+            return None  # a pack's jobs: its heartbeat locks them all in one statement, in one order
 
         def final(session: Session) -> Written:
             walls = self._attempts.walls(live)

@@ -237,6 +237,25 @@ def test_a_final_write_retried_after_its_commit_is_not_a_lost_job(
     assert not (settings.resolved_checkpoint_dir() / str(job_id)).exists()
 
 
+def test_a_retried_final_write_reports_the_status_a_heartbeat_read_saw_first(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch, recorded: list[Any]
+) -> None:
+    """The commit's acknowledgement is lost and the heartbeat thread reads the job, finished by
+    this attempt, before ``with_db`` retries: the job still counts as succeeded here (and its
+    checkpoint folder goes), though the retry found nothing left to write."""
+
+    def heartbeat_reads_then_retry(sessions: Any, work: Any, with_db: Any) -> Any:
+        with sessions() as session, session.begin():
+            recorded[0].read(session)
+        return with_db(sessions, work)
+
+    final_writes(monkeypatch, heartbeat_reads_then_retry)
+    job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=3))
+    assert execute([job_id], sessions, settings) == "succeeded=1"
+    assert job(sessions, job_id).status == "succeeded"
+    assert not (settings.resolved_checkpoint_dir() / str(job_id)).exists()
+
+
 def test_a_job_taken_over_just_before_its_final_write_gets_nothing_from_it(sessions: sessionmaker[Session]) -> None:
     """The final write skips the heartbeat (its UPDATE's guard proves ownership); when the guard
     fails, none of it stays: no rows, no status, and the job is lost to this attempt."""
