@@ -1,10 +1,11 @@
 """What the service costs over calling the engine directly, side by side in one run.
 
-The same 16 short jobs (digits MLP 64-128-10, Adam, batch 64, 20 epochs, seeds 0-15, one torch
+The same 16 short jobs (digits MLP 64-128-10, Adam, batch 64, 20 epochs, 16 seeds, one torch
 thread) run (1) one after another through ``optim_engine.train`` in this process, and (2) through
 the deployed path: POST /v1/jobs to an API process, Redis, one Celery worker process, every epoch
 upserted into the database, while this process polls the running job's new epochs every 50 ms
-like a live progress view. Rounds alternate the two; the ratio is the median over rounds of
+like a live progress view. Rounds alternate the two, each round on new seeds (the service's
+result cache would answer a job it has seen from its stored result); the ratio is the median over rounds of
 service wall time (first POST to the last job's finished_at) over engine wall time. Also prints POST /v1/jobs and
 GET /v1/jobs/{id}/metrics latencies (p50, p95) seen by the client during the service runs.
 
@@ -48,19 +49,19 @@ def spec(seed: int) -> dict[str, Any]:
     return SPEC | {"seed": seed}
 
 
-def run_direct(jobs: int) -> float:
+def run_direct(seeds: range) -> float:
     start = time.perf_counter()
-    for seed in range(jobs):
+    for seed in seeds:
         train(spec(seed), num_threads=1)
     return time.perf_counter() - start
 
 
-def run_service(http: httpx.Client, jobs: int, post_ms: list[float], get_ms: list[float]) -> float:
+def run_service(http: httpx.Client, seeds: range, post_ms: list[float], get_ms: list[float]) -> float:
     """Seconds from the first POST to the last job's finished_at (server clock, same machine),
     while a progress view polls the oldest unfinished job's new epochs every POLL_S."""
     start = time.time()
     ids = []
-    for seed in range(jobs):
+    for seed in seeds:
         t = time.perf_counter()
         response = http.post("/v1/jobs", json={"spec": spec(seed), "tags": ["bench"]})
         post_ms.append((time.perf_counter() - t) * 1000)
@@ -110,16 +111,17 @@ def main() -> None:
             time.sleep(0.1)
 
         # Warm-up, both sides: first-run costs (imports, allocator, dataset cache) are not overhead.
-        run_direct(2)
-        run_service(http, 2, [], [])
+        run_direct(range(10_000, 10_002))
+        run_service(http, range(10_000, 10_002), [], [])
 
         post_ms: list[float] = []
         get_ms: list[float] = []
         ratios = []
         print(f"{args.jobs} jobs per round, database {args.database}, broker redis, 1 worker process x 1 thread")
         for round_ in range(args.rounds):
-            direct = run_direct(args.jobs)
-            service = run_service(http, args.jobs, post_ms, get_ms)
+            seeds = range(round_ * args.jobs, (round_ + 1) * args.jobs)
+            direct = run_direct(seeds)
+            service = run_service(http, seeds, post_ms, get_ms)
             ratios.append(service / direct)
             print(f"round {round_ + 1}: engine {direct:.2f} s, service {service:.2f} s, ratio {service / direct:.3f}")
         print(f"POST /v1/jobs latency: p50 {percentile(post_ms, 0.5):.1f} ms, p95 {percentile(post_ms, 0.95):.1f} ms")
