@@ -319,26 +319,21 @@ class Writer(threading.Thread):
         one by one here, they could be locked in another order than a heartbeat's single UPDATE
         locks them (a deadlock on PostgreSQL)."""
         live = self._attempts.live()
-        if len(live) != 1 or any(finishes.get(job_id, (None, {}))[0] is None for job_id in live):
+        if len(live) != 1:
             return None  # a pack's jobs: its heartbeat locks them all in one statement, in one order
+        ((job_id, attempt),) = live.items()
+        status, details = finishes.get(job_id, (None, {}))
+        if status is None:
+            return None  # rows alone, or a hand-back (its release needs the heartbeat's cancel flag)
+        extra = {k: v for k, v in details.items() if k != "before_resume"}
+        extra |= {"device": device, "spec_hash": self._attempts.spec_hashes[job_id]}
 
         def final(session: Session) -> Written:
-            walls = self._attempts.walls(live)
-            epochs.record(session, {j: finishes[j][1].get("before_resume", []) + rows.get(j, []) for j in live})
-            finished: dict[int, str] = {}
-            for job_id, attempt in live.items():
-                status, details = finishes[job_id]
-                assert status is not None
-                extra = {k: v for k, v in details.items() if k != "before_resume"}
-                extra |= {
-                    "wall_seconds": walls[job_id],
-                    "device": device,
-                    "spec_hash": self._attempts.spec_hashes[job_id],
-                }
-                if not transitions.finish(session, job_id, attempt, status, **extra):
-                    raise _NotOwned(job_id)
-                finished[job_id] = str(status)
-            return {job_id: transitions.Ownership(True) for job_id in live}, finished
+            epochs.record(session, {job_id: details.get("before_resume", []) + rows.get(job_id, [])})
+            wall = self._attempts.walls([job_id])[job_id]
+            if not transitions.finish(session, job_id, attempt, status, wall_seconds=wall, **extra):
+                raise _NotOwned(job_id)
+            return {job_id: transitions.Ownership(True)}, {job_id: str(status)}
 
         return final
 

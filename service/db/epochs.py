@@ -24,6 +24,7 @@ from service.db.session import utcnow
 
 EPOCHS: Table = EpochMetric.__table__  # type: ignore[assignment]
 JOBS: Table = Job.__table__  # type: ignore[assignment]
+"""The jobs table, for statements that need no ORM object (the job path's hot UPDATEs)."""
 
 
 def _finite(value: Any) -> float | None:

@@ -13,18 +13,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import cache
-from service.db.epochs import summary_values
+from service.db.epochs import JOBS, summary_values
 from service.db.models import TERMINAL, Job, JobStatus
 from service.db.session import utcnow
 from service.errors import IllegalTransition, JobNotFound
 
-JOBS: Table = Job.__table__  # type: ignore[assignment]
-"""Hot statements (a claim, a heartbeat, a final write) go to the table, not through the ORM's
-UPDATE, which costs about a third more per statement and syncs no objects here anyway."""
+# Hot statements (a claim, a heartbeat, a final write) go to the table (JOBS), not through the
+# ORM's UPDATE, which costs about a third more per statement and syncs no objects here anyway.
 Q, R = JobStatus.queued, JobStatus.running
 LEGAL: Mapping[JobStatus, frozenset[JobStatus]] = {
     Q: frozenset({R, JobStatus.cancelled}),  # claim; cancel before it ran

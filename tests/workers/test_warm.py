@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import transitions
@@ -226,6 +226,35 @@ def test_a_final_status_is_written_at_once_while_rows_alone_wait(sessions: sessi
         job = session.get_one(Job, job_id)
         assert job.epochs_done == 2  # summarized in the finish's transaction
         assert job.device == "cpu"  # recorded with that one write
+
+
+def test_a_job_s_only_write_is_its_rows_and_one_update(sessions: sessionmaker[Session]) -> None:
+    """A short job's final write (its only one) is the rows' INSERT and one guarded UPDATE that
+    sets its status, summary and device: no heartbeat first, no SELECT (the claim gave the spec
+    hash its cache key needs)."""
+    with sessions() as session, session.begin():
+        job_id = insert_job(session, seed_spec({"name": "sgd"}))
+        (claim,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
+    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="w:1")
+    rows = writer.Writer(attempts, flush_s=30, device="cpu")
+    rows.start()
+    for epoch in (1, 2, 3):
+        rows.submit(job_id, epoch_row(epoch, 1.0 / epoch))
+    statements: list[str] = []
+    engine = sessions.kw["bind"]
+    record = lambda *args: statements.append(args[2].split()[0].upper())  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        rows.finish(job_id, JobStatus.succeeded, environment={"torch": "2", "device": "cpu"})
+        rows.close()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert rows.statuses == {job_id: "succeeded"}
+    assert [s for s in statements if s not in ("BEGIN", "SAVEPOINT", "RELEASE")] == ["INSERT", "UPDATE"]
+    with sessions() as session:
+        job = session.get_one(Job, job_id)
+        assert (job.status, job.epochs_done, job.best_epoch, job.device) == ("succeeded", 3, 3, "cpu")
+        assert job.final_train_loss == pytest.approx(1 / 3)
 
 
 def test_rows_and_the_device_land_within_the_flush_interval(sessions: sessionmaker[Session]) -> None:
