@@ -122,14 +122,11 @@ def plot(
     sweep's name. A sweep with no epoch of the metric yet writes nothing: exit 1."""
     with connected(url, api_key) as client:
         try:
-            from service.plots_curves import plot_curves, wants
+            from service.plots_curves import NothingToPlot
 
-            name = client.get_sweep(sweep_id).get("name") or f"sweep {sweep_id}"
-            frame = client.sweep_metrics(sweep_id, columns=wants(metric))
-            if frame.empty or metric not in frame or frame[metric].isna().all():
-                why = "has no epochs yet" if frame.empty else f"has no epoch that reports {escape(metric)}"
-                raise fail(f"[red]nothing to plot[/]: sweep {sweep_id} {why}", EXIT_REJECTED)
-            plot_curves(frame, out, metric=metric, title=f"{name}: {metric}")
+            client.plot_curves(sweep_id, out, metric=metric)
+        except NothingToPlot as exc:
+            raise fail(f"[red]nothing to plot[/]: sweep {sweep_id} {escape(str(exc))}", EXIT_REJECTED) from None
         except ImportError:
             raise fail("[red]plot needs matplotlib[/]: pip install 'optimlab\\[plot]'", EXIT_USAGE) from None
         except OSError as exc:

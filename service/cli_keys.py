@@ -4,14 +4,14 @@ api`` and ``optimlab up`` pass before they serve."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
+
+from service.cli_common import EXIT_REJECTED, EXIT_UNAVAILABLE, EXIT_USAGE, console, fail, result
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -22,12 +22,6 @@ keys_app = typer.Typer(
     help="API keys, on the database directly (`optimlab db upgrade` first). Needs OPTIMLAB_AUTH=keys to matter.",
     no_args_is_help=True,
 )
-console = Console(stderr=True, soft_wrap=True)  # a message stays one line in a log or a pipe
-
-# The exit codes of ``service.cli``.
-EXIT_REJECTED = 1  # unknown key
-EXIT_USAGE = 2  # bad option, or a configuration the server refuses
-EXIT_UNAVAILABLE = 4  # database unreachable or not migrated
 
 
 def serving_settings(host: str) -> Settings:
@@ -40,8 +34,7 @@ def serving_settings(host: str) -> Settings:
     try:
         check_configuration(settings, host)
     except ConfigurationError as exc:
-        console.print(f"[red]refusing to start[/]: {escape(str(exc))}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise fail(f"[red]refusing to start[/]: {escape(str(exc))}", EXIT_USAGE) from None
     return settings
 
 
@@ -59,8 +52,8 @@ def _session() -> Iterator[Session]:
         with make_session_factory(engine)() as session:
             yield session
     except (OperationalError, ProgrammingError) as exc:
-        console.print(f"[red]database unavailable or not migrated[/] (optimlab db upgrade): {escape(str(exc.orig))}")
-        raise typer.Exit(EXIT_UNAVAILABLE) from None
+        message = f"[red]database unavailable or not migrated[/] (optimlab db upgrade): {escape(str(exc.orig))}"
+        raise fail(message, EXIT_UNAVAILABLE) from None
     finally:
         engine.dispose()
 
@@ -88,7 +81,7 @@ def keys_create(
     console.print(
         f"key {key.id} for {escape(key.owner)}{' (admin)' if key.admin else ''}: the token is printed once; store it now"
     )
-    sys.stdout.write(token + "\n")
+    result(token)
 
 
 @keys_app.command("ls")
@@ -123,7 +116,6 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(metavar="ID")]) -> None:
         try:
             key = auth_service.revoke_key(session, key_id)
         except auth_service.KeyNotFound as exc:
-            console.print(f"[red]{exc.code}[/]: {exc.detail}")
-            raise typer.Exit(EXIT_REJECTED) from None
+            raise fail(f"[red]{exc.code}[/]: {exc.detail}", EXIT_REJECTED) from None
     assert key.revoked_at is not None
     console.print(f"key {key.id} of {escape(key.owner)} revoked at {key.revoked_at.isoformat(timespec='seconds')}")

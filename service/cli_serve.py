@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,13 +17,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
+from service.cli_common import console
 from service.cli_keys import serving_settings
 from service.settings import get_settings
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)  # a message stays one line in a log or a pipe
 
 EMBEDDED_REQUEUE_AFTER_S = "30"
 
@@ -284,8 +282,10 @@ class _WorkerPool:
                 proc.wait()
 
     def worker_names(self) -> set[str]:
-        """The names jobs record for the workers this pool started (``workers.run.worker_name``)."""
-        return {f"{socket.gethostname()}:{pid}" for pid in self._pids}
+        """The names jobs record for the workers this pool started."""
+        from service.db.transitions import worker_name
+
+        return {worker_name(pid) for pid in self._pids}
 
 
 REPORTED_JOBS = 10

@@ -1,5 +1,5 @@
 """A configuration's one canonical label, shared by the client (frames, plots, exports), the
-analysis routes (arms) and, ported line for line to ``static/js/common.js``, the dashboard.
+analysis routes (arms) and, ported line for line to ``dashboard/static/js/configs.js``, the dashboard.
 
 Pure: no imports beyond the standard library, so the CLI, the API and the tests load it freely.
 """

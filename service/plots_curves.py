@@ -89,6 +89,10 @@ def wants(metric: str) -> list[str]:
     return [metric, "val_accuracy"] if "loss" in metric else [metric]
 
 
+class NothingToPlot(ValueError):
+    """The frame has no epoch that reports the metric (the sweep has no epochs yet, or none of it)."""
+
+
 def _metrics(frame: pd.DataFrame, metric: str) -> list[str]:
     """The loss asked for, and accuracy beside it when the runs report it."""
     drawn = [metric]
@@ -109,7 +113,10 @@ def plot_curves(
     """The metric per epoch for each configuration of ``client.sweep_metrics``: mean over seeds,
     band from min to max; accuracy in a second panel when present. ``frame.attrs["configs"]``
     (configuration label → flattened configuration, as the client sets it) gives the colours and
-    line styles; without it each configuration is its own optimizer."""
+    line styles; without it each configuration is its own optimizer. ``NothingToPlot`` when no
+    epoch reports ``metric``."""
+    if frame.empty or metric not in frame or frame[metric].isna().all():
+        raise NothingToPlot("has no epochs yet" if frame.empty else f"has no epoch that reports {metric}")
     drawn = _metrics(frame, metric)
     fig, axes = _canvas(ax, len(drawn), (9 + 5 * (len(drawn) - 1), 5.5))
     configs: Mapping[str, Mapping[str, Any]] = frame.attrs.get("configs") or {}

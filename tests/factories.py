@@ -79,3 +79,15 @@ def insert_job(
     session.add(job)
     session.flush()
     return job.id
+
+
+def claimed_writer(sessions: sessionmaker[Session], *, flush_s: float, worker: str = "w:1") -> tuple[int, Any, Any]:
+    """A new job claimed by ``worker``, that attempt's ``workers.writer.Attempts`` and a
+    ``Writer`` for it (not started): what ``workers.run.execute`` holds while a job trains."""
+    from workers import writer
+
+    with sessions() as session, session.begin():
+        job_id = insert_job(session, seed_spec({"name": "sgd"}))
+        (claim,) = transitions.claim(session, [job_id], worker=worker, stale_after_s=60)
+    attempts = writer.Attempts([claim], sessions, budget_s=5, worker=worker)
+    return job_id, attempts, writer.Writer(attempts, flush_s=flush_s, device="cpu")

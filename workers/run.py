@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -40,10 +39,6 @@ the answer is a memory read (``Attempts.stopping``: the shutdown flag, the flags
 thread keeps fresh), so asking often costs nothing and a shutdown is seen within this long."""
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def execute(job_ids: list[int], sessions: sessionmaker[Session], settings: Settings) -> str:
     """Run the claimable jobs of ``job_ids`` to terminal statuses; returns a summary such as
     ``"succeeded=3 diverged=1"``, or ``"skipped"`` when none was claimable (finished, cancelled,
@@ -53,7 +48,7 @@ def execute(job_ids: list[int], sessions: sessionmaker[Session], settings: Setti
     Raises ``DatabaseLost`` when the claim itself could not be made: the caller must not
     acknowledge the task away.
     """
-    worker = worker_name()
+    worker = transitions.worker_name()
     claim = partial(transitions.claim, job_ids=job_ids, worker=worker, stale_after_s=settings.stale_after_s)
     claims = with_db(sessions, claim, settings.database_retry_s)
     if not claims:

@@ -49,12 +49,6 @@ def resolved_mode(metric: str, mode: str | None, which: str = "final") -> str:
     return mode or BETTER[metric]
 
 
-def label(optimizer: str, config: Mapping[str, Any]) -> str:
-    """A configuration's canonical name (``service.labels``), e.g. ``sgd lr=0.1 momentum=0.9`` or
-    ``adam lr=0.001 | scheduler=none``; named by ``optimizer`` when the sweep does not vary it."""
-    return config_label(config, optimizer)
-
-
 @dataclass(frozen=True)
 class Arm:
     """One configuration of one sweep: the jobs (one per seed) that a comparison pairs."""
@@ -107,7 +101,7 @@ def arms(jobs: Iterable[JobValue], sweep_id: int) -> list[Arm]:
     for job in jobs:
         grouped[job.config_hash].append(job)
     return [
-        Arm(sweep_id, config_hash, members[0].config, label(members[0].optimizer, members[0].config), members)
+        Arm(sweep_id, config_hash, members[0].config, config_label(members[0].config, members[0].optimizer), members)
         for config_hash, members in grouped.items()
     ]
 
@@ -220,7 +214,7 @@ def compare_all(
 def _group_key(job: JobValue) -> tuple[str, str]:
     """An optimizer configuration without its learning rate: what a divergence map is drawn for."""
     rest = _without_lr(job.config)
-    return label(job.optimizer, rest), repr(sorted(rest.items()))
+    return config_label(rest, job.optimizer), repr(sorted(rest.items()))
 
 
 def _without_lr(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -395,7 +389,7 @@ def trajectories(session: Session, sweep_id: int, principal: Principal) -> dict[
         paths.append(
             {
                 "job_id": job.job_id,
-                "label": label(job.optimizer, job.config),
+                "label": config_label(job.config, job.optimizer),
                 "optimizer": job.optimizer,
                 "lr": job.lr,
                 "seed": job.seed,

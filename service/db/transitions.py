@@ -9,6 +9,8 @@ race the same way).
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,11 @@ class Ownership:
     owned: bool
     cancel_requested: bool = False
     finished: JobStatus | None = None
+
+
+def worker_name(pid: int | None = None) -> str:
+    """What a claim records as a job's ``worker``: host and process id (this process's by default)."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_s: float) -> list[Claim]:

@@ -72,6 +72,9 @@ async def get_sweep(
     wait_s: longpoll.WaitSeconds = 0,
     since: longpoll.Since = None,
     until: longpoll.Until = "change",
+    best: Annotated[
+        bool, Query(description="Include `best` (it computes the leaderboard); false: `best` is null.")
+    ] = True,
 ) -> SweepOut:
     """Counts per status and the best configuration so far.
 
@@ -82,7 +85,7 @@ async def get_sweep(
     waits until no job is queued or running instead (no `since` needed)."""
     watch = partial(sweep_service.watch, session, sweep_id, principal)
     await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s, until=until)
-    sweep = await run_in_threadpool(sweep_service.get_sweep, session, sweep_id, principal)
+    sweep = await run_in_threadpool(sweep_service.get_sweep, session, sweep_id, principal, with_best=best)
     response.headers["ETag"] = longpoll.etag(sweep.state_token)
     return sweep
 

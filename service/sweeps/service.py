@@ -280,8 +280,8 @@ def trial_out(record: TrialRecord) -> TrialOut:
     )
 
 
-def get_sweep(session: Session, sweep_id: int, principal: Principal) -> SweepOut:
-    return describe(session, repository.get_sweep(session, sweep_id, principal))
+def get_sweep(session: Session, sweep_id: int, principal: Principal, *, with_best: bool = True) -> SweepOut:
+    return describe(session, repository.get_sweep(session, sweep_id, principal), with_best=with_best)
 
 
 def trials(session: Session, sweep_id: int, principal: Principal) -> SweepTrials:

@@ -71,13 +71,16 @@ def test_a_finished_60_job_sweep_shows_its_leaderboard_and_a_band_per_configurat
     assert rows.count() == 12
     texts = [rows.nth(i).text_content() or "" for i in range(12)]
     assert all("±" in text for text in texts), texts  # mean ± CI
-    assert all("5" in text for text in texts), texts  # n = 5 seeds
+    assert all("5/5" in text for text in texts), texts  # n = 5 of 5 seeds
     assert dashboard.attribute("#curves", "data-bands") == "12"
     assert int(dashboard.attribute("#curves", "data-points") or 0) > 0
     page.wait_for_selector('#sweep-status[data-done="1"]')
     assert "60" in (page.locator("#sweep-status").text_content() or "")
+    page.wait_for_selector("#compare[data-verdict]")  # the panels filled in, none failed
+    page.wait_for_selector("#lr-sensitivity[data-diverged]")
+    page.wait_for_selector("#budget svg, #budget canvas")
     for panel in ("#lr-sensitivity", "#compare", "#budget", "#trials"):
-        assert page.locator(panel).count() == 1, panel
+        assert page.locator(f"{panel} .loading, {panel} .load-failed").count() == 0, panel
 
 
 def test_a_running_jobs_curve_grows_between_two_checks(service: Service, dashboard: Dashboard) -> None:

@@ -188,6 +188,19 @@ class _Builtin(BaseModel):
     params: _Params = Field(default_factory=_Params)
 
 
+def _variant(class_name: str, tag: str) -> type[BaseModel]:
+    """A variant like a plugin's: the tag ``tag`` (a name nothing in optimlab spells) and ``params``."""
+    return type(
+        class_name,
+        (BaseModel,),
+        {
+            "__annotations__": {"name": Literal[tag], "params": _Params},
+            "model_config": ConfigDict(extra="forbid"),
+            "params": Field(default_factory=_Params),
+        },
+    )
+
+
 def _spec_with(*variants: type[BaseModel]) -> type[BaseModel]:
     """A spec whose ``model`` union holds ``variants``, as a plugin registry builds its union."""
     union = Annotated[Union[tuple(variants)], Field(discriminator="name")]  # type: ignore[valid-type]  # noqa: UP007
@@ -202,15 +215,7 @@ def _spec_with(*variants: type[BaseModel]) -> type[BaseModel]:
 def test_did_you_mean_reads_the_names_from_the_union_at_error_time() -> None:
     """A plugin's variant (a name nothing in optimlab spells) is suggested, and its own fields
     get paths without its tag: the names come from the validated type, not a list kept aside."""
-    plugin = type(
-        "ResnetModel",
-        (BaseModel,),
-        {
-            "__annotations__": {"name": Literal["tiny_resnet"], "params": _Params},
-            "model_config": ConfigDict(extra="forbid"),
-            "params": Field(default_factory=_Params),
-        },
-    )
+    plugin = _variant("ResnetModel", "tiny_resnet")
     spec = _spec_with(_Builtin, plugin)
     with pytest.raises(ValidationError) as typo:
         spec.model_validate({"model": {"name": "tiny_resnt"}})
@@ -231,15 +236,7 @@ def test_did_you_mean_reads_the_names_from_the_union_at_error_time() -> None:
 def test_a_tag_spelt_like_a_field_is_still_told_from_it() -> None:
     """The walk reads the type, not the input: a variant named ``params`` keeps its ``params``
     field in the path, and loses only the tag."""
-    same = type(
-        "SameModel",
-        (BaseModel,),
-        {
-            "__annotations__": {"name": Literal["params"], "params": _Params},
-            "model_config": ConfigDict(extra="forbid"),
-            "params": Field(default_factory=_Params),
-        },
-    )
+    same = _variant("SameModel", "params")
     spec = _spec_with(_Builtin, same)
     with pytest.raises(ValidationError) as bad:
         spec.model_validate({"model": {"name": "params", "params": {"depth": "x"}}})

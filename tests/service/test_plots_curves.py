@@ -17,7 +17,7 @@ from matplotlib.colors import to_rgba
 
 from service.client import Client
 from service.client_display import flatten, label
-from service.plots_curves import plot_curves, style_keys
+from service.plots_curves import NothingToPlot, plot_curves, style_keys
 
 CONFIGS = [
     {"optimizer": {"name": "sgd", "lr": 0.01}, "scheduler": {"name": "cosine"}},
@@ -112,3 +112,11 @@ def test_the_client_titles_the_plot_with_the_sweeps_name(tmp_path: Path) -> None
         png = client.plot_curves(7, tmp_path / "c.png")
     assert png.read_bytes().startswith(b"\x89PNG")
     assert "val_loss,val_accuracy" in asked
+
+
+def test_a_frame_without_the_metric_is_nothing_to_plot() -> None:
+    """``Client.plot_curves`` and ``optimlab plot`` both get this error, not an empty picture."""
+    with pytest.raises(NothingToPlot, match="has no epochs yet"):
+        plot_curves(_frame().iloc[0:0])
+    with pytest.raises(NothingToPlot, match="has no epoch that reports val_accuracy"):
+        plot_curves(_frame(accuracy=False), metric="val_accuracy")

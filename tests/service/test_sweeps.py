@@ -331,6 +331,9 @@ def test_leaderboard_equals_statistics_from_the_raw_rows(
     assert summary["counts"]["diverged"] == 1
     best_board = client.get(f"/v1/sweeps/{sweep_id}/leaderboard").json()
     assert summary["best"]["config"] == best_board["rows"][0]["config"]
+    without = client.get(f"/v1/sweeps/{sweep_id}", params={"best": "false"}).json()
+    assert without["best"] is None  # the dashboard's pages read it from the leaderboard they fetch anyway
+    assert without | {"best": summary["best"]} == summary
 
 
 def test_accuracy_ranks_highest_first(client: TestClient, sessions: sessionmaker[Session]) -> None:

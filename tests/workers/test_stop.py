@@ -20,7 +20,7 @@ from service.db.models import EpochMetric, Job, JobStatus
 from service.db.session import utcnow
 from service.settings import Settings
 from tests.conftest import seed_spec, service_settings
-from tests.factories import epoch_row, insert_job
+from tests.factories import claimed_writer, epoch_row, insert_job
 from workers import run, shutdown, writer
 from workers.run import execute
 
@@ -259,11 +259,7 @@ def test_a_retried_final_write_reports_the_status_a_heartbeat_read_saw_first(
 def test_a_job_taken_over_just_before_its_final_write_gets_nothing_from_it(sessions: sessionmaker[Session]) -> None:
     """The final write skips the heartbeat (its UPDATE's guard proves ownership); when the guard
     fails, none of it stays: no rows, no status, and the job is lost to this attempt."""
-    with sessions() as session, session.begin():
-        job_id = insert_job(session, seed_spec({"name": "sgd"}))
-        (claim,) = transitions.claim(session, [job_id], worker="old:1", stale_after_s=60)
-    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="old:1")
-    rows = writer.Writer(attempts, flush_s=30, device="cpu")
+    job_id, attempts, rows = claimed_writer(sessions, flush_s=30, worker="old:1")
     rows.start()
     with sessions() as session, session.begin():  # the reaper requeued it and a new attempt took it
         session.execute(update(Job).where(Job.id == job_id).values(attempt=Job.attempt + 1, worker="new:1"))

@@ -22,12 +22,10 @@ import pytest
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db import transitions
 from service.db.migrate import upgrade
 from service.db.models import EpochMetric, Job, JobStatus
 from tests.conftest import digits_spec, eventually, seed_spec, service_settings
-from tests.factories import epoch_row, insert_job
-from workers import writer
+from tests.factories import claimed_writer, epoch_row, insert_job
 from workers.run import execute
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -204,11 +202,7 @@ def status_of(sessions: sessionmaker[Session], job_id: int) -> tuple[str, int]:
 def test_a_final_status_is_written_at_once_while_rows_alone_wait(sessions: sessionmaker[Session]) -> None:
     """With a 30 s flush interval, rows wait (the start counts as a flush: a short job is
     written once); the job's finish is written with them without waiting for the interval."""
-    with sessions() as session, session.begin():
-        job_id = insert_job(session, seed_spec({"name": "sgd"}))
-        (claim,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
-    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="w:1")
-    rows = writer.Writer(attempts, flush_s=30, device="cpu")
+    job_id, _, rows = claimed_writer(sessions, flush_s=30)
     rows.submit(job_id, epoch_row(1, 1.0))
     rows.start()
     try:
@@ -232,11 +226,7 @@ def test_a_job_s_only_write_is_its_rows_and_one_update(sessions: sessionmaker[Se
     """A short job's final write (its only one) is the rows' INSERT and one guarded UPDATE that
     sets its status, summary and device: no heartbeat first, no SELECT (the claim gave the spec
     hash its cache key needs)."""
-    with sessions() as session, session.begin():
-        job_id = insert_job(session, seed_spec({"name": "sgd"}))
-        (claim,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
-    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="w:1")
-    rows = writer.Writer(attempts, flush_s=30, device="cpu")
+    job_id, _, rows = claimed_writer(sessions, flush_s=30)
     rows.start()
     for epoch in (1, 2, 3):
         rows.submit(job_id, epoch_row(epoch, 1.0 / epoch))
@@ -260,11 +250,7 @@ def test_a_job_s_only_write_is_its_rows_and_one_update(sessions: sessionmaker[Se
 def test_rows_and_the_device_land_within_the_flush_interval(sessions: sessionmaker[Session]) -> None:
     """A long job's device and first rows are written about ``flush_s`` after it starts, and a
     row that comes after a long quiet spell (a slow epoch) is written at once."""
-    with sessions() as session, session.begin():
-        job_id = insert_job(session, seed_spec({"name": "sgd"}))
-        (claim,) = transitions.claim(session, [job_id], worker="w:1", stale_after_s=60)
-    attempts = writer.Attempts([claim], sessions, budget_s=5, worker="w:1")
-    rows = writer.Writer(attempts, flush_s=0.3, device="cpu")
+    job_id, _, rows = claimed_writer(sessions, flush_s=0.3)
     rows.start()
     try:
         eventually(lambda: device_of(sessions, job_id) == "cpu", timeout=10)

@@ -100,7 +100,8 @@ const OL = (() => {
   async function follow(path, token, onChange, isDone) {
     for (;;) {
       try {
-        const body = await json(`${path}?wait_s=25&since=${encodeURIComponent(token)}`);
+        const query = `wait_s=25&since=${encodeURIComponent(token)}`;
+        const body = await json(path.includes("?") ? `${path}&${query}` : `${path}?${query}`);
         if (body.state_token !== token) {
           token = body.state_token;
           await onChange(body);

@@ -77,7 +77,7 @@
 
   async function configs(sweepId, wanted) {
     const [sweep, board, bulk] = await Promise.all([
-      json(`/v1/sweeps/${sweepId}`),
+      json(`/v1/sweeps/${sweepId}?best=false`),
       json(`/v1/sweeps/${sweepId}/leaderboard`),
       json(`/v1/sweeps/${sweepId}/metrics?columns=val_loss`),
     ]);

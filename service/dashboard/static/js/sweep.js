@@ -120,7 +120,7 @@
 
   whenLoaded(async () => {
     const [sweep, board, bulk] = await Promise.all([
-      json(`/v1/sweeps/${id}`),
+      json(`/v1/sweeps/${id}?best=false`), // the leaderboard beside it has the best
       json(`/v1/sweeps/${id}/leaderboard`),
       metrics(),
     ]);
@@ -133,6 +133,6 @@
     linkLeaderboard();
     ready();
     SweepPanels.load(id, sweep, board);
-    if (!sweep.done) await follow(`/v1/sweeps/${id}`, sweep.state_token, refresh, (s) => s.done);
+    if (!sweep.done) await follow(`/v1/sweeps/${id}?best=false`, sweep.state_token, refresh, (s) => s.done);
   });
 })();
