@@ -11,9 +11,10 @@ threads pool). A plain memory write is safe in a signal handler, where a lock is
 from __future__ import annotations
 
 import mmap
+import signal
 from typing import Any
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 _flag = mmap.mmap(-1, 1)  # MAP_SHARED: shared with the processes forked after this import
 
@@ -36,3 +37,24 @@ def clear() -> None:
 @worker_shutting_down.connect
 def _on_shutting_down(**_: Any) -> None:
     request()  # runs in the main process's signal handler: no logging, no locks
+
+
+@worker_ready.connect
+def _one_term_at_a_time(**_: Any) -> None:
+    """Let only the first SIGTERM reach Celery's warm-shutdown handler. That handler is not
+    reentrant: it takes a lock to send ``worker_shutting_down``, and a second SIGTERM arriving
+    while the first one holds the lock deadlocked the main thread. Its heartbeat thread went on
+    beating, so its job was never requeued (seen when `optimlab up` was SIGKILLed and its orphaned
+    worker got several SIGTERMs). A warm shutdown under way needs nothing from another one."""
+    handler = signal.getsignal(signal.SIGTERM)
+    if not callable(handler) or getattr(handler, "first_only", False):
+        return
+    taken = [False]
+
+    def first_only(signum: int, frame: Any) -> None:
+        if not taken[0]:
+            taken[0] = True
+            handler(signum, frame)
+
+    first_only.first_only = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, first_only)

@@ -57,10 +57,11 @@ def test_config_label_names_the_optimizer_when_the_grid_does_not_vary_it() -> No
 def test_every_caller_shares_the_one_label() -> None:
     assert client_display.flatten is labels.flatten
     assert client_display.label is labels.label
+    assert analysis.config_label is labels.config_label  # the analysis routes' arm names
     nested = {"optimizer": {"name": "sgd", "lr": 0.01, "params": {"momentum": 0.9}}, "scheduler": None}
     dotted = labels.flatten(nested)
     expected = "sgd lr=0.01 momentum=0.9 | scheduler=none"
-    assert analysis.label("adam", nested) == analysis.label("adam", dotted) == expected
+    assert analysis.config_label(nested, "adam") == analysis.config_label(dotted, "adam") == expected
     assert client_display.label(client_display.flatten(nested)) == expected
 
 

@@ -451,3 +451,21 @@ def test_sigterm_to_a_prefork_worker_hands_its_job_back_and_it_exits(tmp_path: P
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
         engine.dispose()
+
+
+def test_only_the_first_sigterm_reaches_celerys_handler() -> None:
+    """Celery's warm-shutdown handler is not reentrant (a second SIGTERM inside it deadlocked an
+    orphaned worker on its signal lock): once it is installed, later SIGTERMs are dropped."""
+    import os
+    import signal
+
+    calls: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        shutdown._one_term_at_a_time()
+        shutdown._one_term_at_a_time()  # a second worker_ready wraps nothing twice
+        for _ in range(3):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert calls == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, before)
