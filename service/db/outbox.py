@@ -11,14 +11,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, and_, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import Job, JobStatus
 from service.db.session import utcnow
 
 BATCH = 2000
+SelectT = TypeVar("SelectT", bound=Select)  # type: ignore[type-arg]
 
 
 @dataclass(frozen=True)
@@ -30,24 +32,30 @@ class Task:
 
 
 def take_unsent(session: Session, limit: int = BATCH) -> list[Task]:
-    """The unsent queued jobs as tasks, oldest first, locked until the transaction ends.
+    """The oldest ``limit`` unsent queued jobs as tasks, locked until the transaction ends; a
+    pack is taken whole, past ``limit`` if need be (split over two messages, its halves would
+    train apart from one checkpoint folder).
 
     On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several dispatchers (API replicas) share the
     work without sending a job twice; SQLite's write transaction serializes them anyway.
     """
-    query = (
-        select(Job.id, Job.queue, Job.pack_id)
-        .where(Job.status == JobStatus.queued, Job.enqueued_at.is_(None))
-        .order_by(Job.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Job)
+    unsent = and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None))
+    columns = select(Job.id, Job.queue, Job.pack_id).order_by(Job.id)
+    rows = list(session.execute(_locked(session, columns.where(unsent).limit(limit))))
+    if len(rows) == limit and rows[-1].pack_id is not None:
+        last = rows[-1]
+        rows += session.execute(_locked(session, columns.where(unsent, Job.pack_id == last.pack_id, Job.id > last.id)))
     tasks: dict[str, tuple[list[int], str]] = {}
-    for job_id, queue, pack_id in session.execute(query):
+    for job_id, queue, pack_id in rows:
         key = pack_id if pack_id is not None else f"job-{job_id}"
         tasks.setdefault(key, ([], queue))[0].append(job_id)
     return [Task(tuple(ids), queue) for ids, queue in tasks.values()]
+
+
+def _locked(session: Session, query: SelectT) -> SelectT:
+    if session.get_bind().dialect.name == "postgresql":
+        return query.with_for_update(skip_locked=True, of=Job)
+    return query
 
 
 def mark_sent(session: Session, job_ids: Sequence[int]) -> None:

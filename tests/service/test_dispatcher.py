@@ -65,6 +65,39 @@ def test_every_unsent_job_is_sent_once_and_a_pack_as_one_task(
     assert all(sent for _, sent in statuses(sessions).values())
 
 
+def test_a_pass_sends_in_growing_batches_each_committed_before_the_next(
+    sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first batch is small, so workers can claim its jobs while the rest are sent: each
+    batch's transaction holds SQLite's write lock while it sends."""
+    ids = create(sessions, 40)
+    committed_before: list[int] = []  # per batch: how many jobs were marked sent when it began
+    take = outbox.take_unsent
+
+    def counting(session: Session, limit: int = outbox.BATCH) -> list[outbox.Task]:
+        committed_before.append(sum(sent for _, sent in statuses(sessions).values()))
+        return take(session, limit)
+
+    monkeypatch.setattr(outbox, "take_unsent", counting)
+    the_dispatcher = Dispatcher(sessions, broker.make_celery(settings), settings)
+    assert the_dispatcher.send() == ids
+    assert committed_before == [0, 2, 10]  # batches of 2, 8, then the 30 left (of up to 32)
+    assert len(messages(settings)) == 40
+
+
+def test_a_pack_is_taken_whole_past_the_batch_limit(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """Split over two messages, a pack's halves would train apart from one checkpoint folder."""
+    (alone,) = create(sessions)
+    pack = create(sessions, 3, pack_id="p" * 32)
+    (after,) = create(sessions)
+    with sessions() as session, session.begin():
+        assert [t.job_ids for t in outbox.take_unsent(session, 2)] == [(alone,), tuple(pack)]
+        assert [t.job_ids for t in outbox.take_unsent(session, 1)] == [(alone,)]
+    the_dispatcher = Dispatcher(sessions, broker.make_celery(settings), settings)
+    assert the_dispatcher.send() == [alone, *pack, after]
+    assert [m["args"] for m in messages(settings)] == sorted(repr([ids]) for ids in ([alone], pack, [after]))
+
+
 def test_a_broker_outage_leaves_jobs_unsent_until_it_ends(
     sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
