@@ -34,7 +34,8 @@ class Task:
 def take_unsent(session: Session, limit: int = BATCH) -> list[Task]:
     """The oldest ``limit`` unsent queued jobs as tasks, locked until the transaction ends; a
     pack is taken whole, past ``limit`` if need be (split over two messages, its halves would
-    train apart from one checkpoint folder).
+    train apart from one checkpoint folder), every pack it touched, not only the last row's:
+    a sweep's packs interleave by id.
 
     On PostgreSQL ``FOR UPDATE SKIP LOCKED`` lets several dispatchers (API replicas) share the
     work without sending a job twice; SQLite's write transaction serializes them anyway.
@@ -42,9 +43,10 @@ def take_unsent(session: Session, limit: int = BATCH) -> list[Task]:
     unsent = and_(Job.status == JobStatus.queued, Job.enqueued_at.is_(None))
     columns = select(Job.id, Job.queue, Job.pack_id).order_by(Job.id)
     rows = list(session.execute(_locked(session, columns.where(unsent).limit(limit))))
-    if len(rows) == limit and rows[-1].pack_id is not None:
-        last = rows[-1]
-        rows += session.execute(_locked(session, columns.where(unsent, Job.pack_id == last.pack_id, Job.id > last.id)))
+    packs = {row.pack_id for row in rows if row.pack_id is not None}
+    if len(rows) == limit and packs:  # a sweep's packs interleave by id: complete each one taken
+        rest = columns.where(unsent, Job.pack_id.in_(packs), Job.id > rows[-1].id)
+        rows += session.execute(_locked(session, rest))
     tasks: dict[str, tuple[list[int], str]] = {}
     for job_id, queue, pack_id in rows:
         key = pack_id if pack_id is not None else f"job-{job_id}"

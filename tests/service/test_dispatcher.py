@@ -98,6 +98,18 @@ def test_a_pack_is_taken_whole_past_the_batch_limit(sessions: sessionmaker[Sessi
     assert [m["args"] for m in messages(settings)] == sorted(repr([ids]) for ids in ([alone], pack, [after]))
 
 
+def test_interleaved_packs_are_each_taken_whole(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """A sweep's packs interleave by id (a, b, a, b...): a batch that ends in b still holds
+    part of a, and must take the rest of a too."""
+    a, b = "a" * 32, "b" * 32
+    ids = [create(sessions, pack_id=a if i % 2 == 0 else b)[0] for i in range(6)]
+    with sessions() as session, session.begin():
+        assert [t.job_ids for t in outbox.take_unsent(session, 2)] == [tuple(ids[0::2]), tuple(ids[1::2])]
+    the_dispatcher = Dispatcher(sessions, broker.make_celery(settings), settings)
+    assert sorted(the_dispatcher.send()) == ids
+    assert len(messages(settings)) == 2
+
+
 def test_a_broker_outage_leaves_jobs_unsent_until_it_ends(
     sessions: sessionmaker[Session], settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
