@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
 from optim_engine.spec.errors import UNKNOWN
-from service import broker, metrics
+from service import broker, events, metrics
 from service.analysis.router import router as analysis_router
 from service.auth.router import router as keys_router
 from service.auth.service import check_configuration
@@ -100,6 +100,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.celery = broker.make_celery(settings)
     app.state.dispatcher = Dispatcher(app.state.session_factory, app.state.celery, settings)
     app.state.dispatcher.start()
+    app.state.events = events.Hub()  # workers' job events wake the long-polls (SQLite: one host)
+    await app.state.events.start(settings.resolved_database_url())
     # The leaderboard's intervals (a sweep's `best`) and the analyses need scipy.stats (~0.5 s to
     # import): in the background now, not in the first request that finds a finished job.
     threading.Thread(target=importlib.import_module, args=("scipy.stats",), name="warm-scipy", daemon=True).start()
@@ -107,6 +109,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.dispatcher.stop()
+        app.state.events.close()
         engine.dispose()
         reader.dispose()
 

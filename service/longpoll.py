@@ -2,11 +2,13 @@
 waiter watches has changed, and the wait that holds a request until it does.
 
 Workers are other processes, so the API learns of a change by reading the database: each waiter
-reads one cheap row or count in the threadpool every ``longpoll_interval_s`` (sooner at first),
-and sleeps on the event loop in between, so a thousand waiters pin no thread."""
+reads one cheap row or count in the threadpool when a job event says it may have changed
+(``service.events``; every ``longpoll_interval_s`` where there are none), and waits on the event
+loop in between, so a thousand waiters pin no thread."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Mapping
@@ -17,14 +19,16 @@ from fastapi import Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
+from service import events
 from service.settings import Settings
 
 MAX_WAIT_S = 60.0
 """The schema's bound on ``wait_s``; a server may hold requests for less (``max_wait_s``)."""
 
-TokenReader = Callable[[Session], tuple[str, bool]]
-"""Reads one watched object's current state token, and whether it is finished, in the session it
-is given."""
+TokenReader = Callable[[Session], tuple[str, bool, int | None]]
+"""Reads one watched object's current state token, whether it is finished, and how many of its
+jobs must still finish before it can be (None: not known from its jobs alone, as for an adaptive
+sweep, whose next trials the API creates), in the session it is given."""
 
 WaitSeconds = Annotated[
     float,
@@ -102,6 +106,7 @@ async def hold(
     settings: Settings,
     watch: Callable[[], TokenReader],
     *,
+    scope: events.Scope,
     since: str | None,
     wait_s: float,
     until: str = "change",
@@ -111,23 +116,40 @@ async def hold(
     has gone; at once with ``wait_s`` 0, or without ``since`` when waiting for a change.
     ``watch`` runs first, in the threadpool, with the request's session: it checks that the
     principal sees the object (raising its 404 error otherwise) and returns the reader each
-    check runs in a session of its own, so a waiting request holds no connection."""
+    check runs in a session of its own, so a waiting request holds no connection.
+
+    Where workers send job events (``service.events``), a check runs when one that can matter
+    arrives (until done: once as many jobs have finished as were left), and every
+    ``events.FALLBACK_S`` anyway; elsewhere every ``longpoll_interval_s`` (sooner at first)."""
     if wait_s <= 0 or (since is None and until == "change"):
         return
     since = (since or "").removeprefix("W/").strip('"')  # the ETag says the same as the token
     read = await run_in_threadpool(watch)
     session_factory = request.app.state.read_session_factory
+    left: list[int | None] = [None]  # jobs the last check found still to finish
 
     def waiting() -> bool:
         with session_factory() as session:
-            token, done = read(session)
+            token, done, left[0] = read(session)
         return not done if until == "done" else token == since
 
+    hub: events.Hub | None = getattr(request.app.state, "events", None)
+    kinds = events.ALL if scope[0] == "job" else events.ALL - {events.PROGRESS}  # a sweep's token has no progress
+    subscribed = hub.subscribe(scope, kinds) if hub is not None and hub.live else contextlib.nullcontext(None)
     deadline = time.monotonic() + min(wait_s, settings.max_wait_s)
     interval = settings.longpoll_interval_s / 4  # a change about to land is seen sooner
-    while await run_in_threadpool(waiting):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or await request.is_disconnected():
-            return
-        await anyio.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, settings.longpoll_interval_s)
+    with subscribed as subscription:
+        while True:
+            if subscription is not None:
+                subscription.reset()
+            if not await run_in_threadpool(waiting):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or await request.is_disconnected():
+                return
+            if subscription is not None and left[0] is not None:
+                finishes = max(left[0], 1) if until == "done" else 1
+                await subscription.wait(min(events.FALLBACK_S, remaining), finishes=finishes)
+                continue
+            await anyio.sleep(min(interval, remaining))
+            interval = min(interval * 1.5, settings.longpoll_interval_s)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import events
 from service.db import transitions
 from service.db.models import Job, JobStatus
 from service.settings import Settings
@@ -56,6 +57,7 @@ def execute(job_ids: list[int], sessions: sessionmaker[Session], settings: Setti
         return "skipped"
     fresh_s = settings.stop_within_s / 2
     attempts = Attempts(claims, sessions, settings.database_retry_s, worker=worker, fresh_s=fresh_s)
+    attempts.tell(events.STARTED, [c.job_id for c in claims])
     pack_id = claims[0].pack_id
     log.info("jobs %s: starting (%s)", [c.job_id for c in claims], f"pack {pack_id}" if pack_id else "alone")
     checkpoint_dir = settings.resolved_checkpoint_dir() / (f"pack-{pack_id}" if pack_id else str(claims[0].job_id))
@@ -233,6 +235,7 @@ def _trainable(claims: list[transitions.Claim], attempts: Attempts) -> tuple[lis
             attempts.budget_s,
         ):
             failed[claim.job_id] = str(JobStatus.failed)
+            attempts.tell(events.FINISHED, [claim.job_id])
         attempts.jobs[claim.job_id].finished = True  # out of this task either way: no more heartbeats
     return specs, job_ids, failed
 

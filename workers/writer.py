@@ -19,9 +19,11 @@ from functools import partial
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service import events
 from service.db import epochs, transitions
 from service.db.models import Job, JobStatus
 from workers import shutdown
@@ -77,6 +79,9 @@ class Attempts:
         self.jobs = {c.job_id: _Owned(c.attempt) for c in claims}
         self.ran_before = {c.job_id: c.ran_before for c in claims}
         self.spec_hashes = {c.job_id: c.spec_hash for c in claims}
+        self.sweep_ids = {c.job_id: c.sweep_id for c in claims}
+        bind = getattr(sessions, "kw", {}).get("bind")  # a sessionmaker's engine
+        self.events_url: URL | None = getattr(bind, "url", None)
         self.database_error: DatabaseLost | None = None
         self.learned_at = time.monotonic()
         self.sessions = sessions
@@ -84,6 +89,12 @@ class Attempts:
         self.worker = worker
         self.fresh_s = fresh_s
         self.started = time.monotonic()
+
+    def tell(self, kind: str, job_ids: Iterable[int]) -> None:
+        """Tell the API that ``kind`` happened to ``job_ids`` (a committed change): its
+        long-polls answer at once (``service.events``)."""
+        if self.events_url is not None:
+            events.publish(self.events_url, kind, [(self.sweep_ids.get(j), j) for j in job_ids])
 
     def walls(self, job_ids: Iterable[int]) -> dict[int, float]:
         """Each job's ``wall_seconds`` now: its earlier attempts' running time plus this one's so
@@ -218,8 +229,9 @@ class Writer(threading.Thread):
                 self._reported.add(job_id)
                 if int(row["epoch"]) > 1:
                     self._columns.setdefault(job_id, {})["resumed_from_epoch"] = int(row["epoch"]) - 1
+            if not self._rows:  # the thread waits for a first row; later ones only gather
+                self._wake.notify()
             self._rows.setdefault(job_id, []).append(row)
-            self._wake.notify()
 
     def set_attrs(self, job_id: int, attrs: dict[str, Any]) -> None:
         """Queue a job's pruner attrs (``workers.pruning``): written with the next flush, whose
@@ -304,7 +316,15 @@ class Writer(threading.Thread):
         for job_id, status in finished.items():
             self.statuses[job_id] = status
             self._attempts.jobs[job_id].finished = True
+        self._tell(rows, finished)
         return True
+
+    def _tell(self, rows: dict[int, list[dict[str, Any]]], finished: dict[int, str]) -> None:
+        """The committed flush's events: jobs ended (or handed back), and jobs with new rows."""
+        ended = [j for j, status in finished.items() if status != RELEASED]
+        self._attempts.tell(events.FINISHED, ended)
+        self._attempts.tell(events.CHANGED, [j for j, status in finished.items() if status == RELEASED])
+        self._attempts.tell(events.PROGRESS, [j for j in rows if rows[j] and j not in finished])
 
     def _final(
         self, rows: dict[int, list[dict[str, Any]]], finishes: dict[int, Finish], device: str | None

@@ -114,7 +114,8 @@ async def get_job(
     with the job as it is then, its `state_token` also in the `ETag` header. With `until=done`,
     it waits until the job is finished instead (no `since` needed)."""
     watch = partial(job_service.watch, session, job_id, principal)
-    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s, until=until)
+    scope = ("job", job_id)
+    await longpoll.hold(request, settings, watch, scope=scope, since=since, wait_s=wait_s, until=until)
     job = await run_in_threadpool(job_service.get_job, session, job_id, principal)
     out = JobOut.of(job, utcnow())
     response.headers["ETag"] = longpoll.etag(out.state_token)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from optim_engine.spec import variant_names
-from service import broker, cache
+from service import broker, cache, events
 from service.admission import check_spec
 from service.auth.principal import Principal
 from service.db import result_cache, transitions
@@ -92,9 +92,10 @@ def watch(session: Session, job_id: int, principal: Principal) -> TokenReader:
     request's session is committed and closed before the wait: it holds no pooled connection
     meanwhile, and the answer after the wait reads fresh rows, not objects loaded before it."""
 
-    def read(each: Session) -> tuple[str, bool]:
+    def read(each: Session) -> tuple[str, bool, int]:
         state = repository.watched_state(each, job_id, principal)
-        return job_token(*state), state[0] in TERMINAL
+        done = state[0] in TERMINAL
+        return job_token(*state), done, 0 if done else 1
 
     read(session)
     session.commit()
@@ -116,4 +117,6 @@ def cancel_job(session: Session, job_id: int, principal: Principal) -> Job:
     repository.get_job(session, job_id, principal)
     transitions.cancel_job(session, job_id)
     session.commit()
-    return repository.get_job(session, job_id, principal)
+    job = repository.get_job(session, job_id, principal)
+    events.publish(session.get_bind().engine.url, events.CHANGED, [(job.sweep_id, job_id)])  # wakes its long-polls
+    return job

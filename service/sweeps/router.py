@@ -84,7 +84,8 @@ async def get_sweep(
     the sweep as it is then, its `state_token` also in the `ETag` header. With `until=done`, it
     waits until no job is queued or running instead (no `since` needed)."""
     watch = partial(sweep_service.watch, session, sweep_id, principal)
-    await longpoll.hold(request, settings, watch, since=since, wait_s=wait_s, until=until)
+    scope = ("sweep", sweep_id)
+    await longpoll.hold(request, settings, watch, scope=scope, since=since, wait_s=wait_s, until=until)
     sweep = await run_in_threadpool(sweep_service.get_sweep, session, sweep_id, principal, with_best=best)
     response.headers["ETag"] = longpoll.etag(sweep.state_token)
     return sweep

@@ -14,11 +14,12 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from service import events
 from service.admission import spec_problems
 from service.auth.principal import Principal
 from service.db import transitions
 from service.db import trials as stored_trials
-from service.db.models import Sweep
+from service.db.models import JobStatus, Sweep
 from service.dispatcher import Dispatcher
 from service.errors import InvalidFields, field_error
 from service.longpoll import TokenReader, sweep_token
@@ -317,13 +318,14 @@ def watch(session: Session, sweep_id: int, principal: Principal) -> TokenReader:
     session.commit()
     session.close()
 
-    def read(each: Session) -> tuple[str, bool]:
+    def read(each: Session) -> tuple[str, bool, int | None]:
         if budget is None:
             counts = repository.status_counts(each, [sweep_id])[sweep_id]
-            return sweep_token(counts), sweep_done(counts, None, None, False)
+            unfinished = counts[JobStatus.queued.value] + counts[JobStatus.running.value]
+            return sweep_token(counts), sweep_done(counts, None, None, False), unfinished
         trials, stopped = stored_trials.progress(each, sweep_id)  # before the counts: see sweep_done
         counts = repository.status_counts(each, [sweep_id])[sweep_id]
-        return sweep_token(counts, trials), sweep_done(counts, budget, trials, stopped)
+        return sweep_token(counts, trials), sweep_done(counts, budget, trials, stopped), None
 
     return read
 
@@ -361,6 +363,7 @@ def cancel_sweep(session: Session, sweep_id: int, principal: Principal) -> Sweep
     stored_trials.stop(session, sweep_id)
     transitions.cancel_sweep_jobs(session, sweep_id)
     session.commit()
+    events.publish(session.get_bind().engine.url, events.CHANGED, [(sweep_id, None)])  # wakes its long-polls
     return describe(session, sweep)
 
 
