@@ -96,8 +96,10 @@ class Settings(EngineSettings):
         default=0.05,
         gt=0,
         description=(
-            "How often a held GET reads its job's or sweep's state (sooner just after it starts): the delay "
-            "between a change landing and its waiter's answer. One indexed read per waiter each time."
+            "On PostgreSQL, how often a held GET reads its job's or sweep's state (sooner just after it starts): "
+            "the delay between a change landing and its waiter's answer; one indexed read per waiter each time. "
+            "On SQLite workers tell the API of each change (service.events) and a waiter reads when told, and "
+            "at least every second."
         ),
     )
     pack_max: int = Field(
