@@ -120,22 +120,36 @@ class Hub:
         self._waiters: dict[Scope, set[Subscription]] = {}
         self._transport: asyncio.BaseTransport | None = None
         self._path: str | None = None
+        self._inode: int | None = None
 
     @property
     def live(self) -> bool:
-        return self._transport is not None
+        """Whether workers' events reach this hub: its socket is bound and still the one at its
+        path (a temp-folder cleaner may have removed it); else waiters poll."""
+        return self._transport is not None and self._owns()
+
+    def _owns(self) -> bool:
+        try:
+            return self._path is not None and os.stat(self._path).st_ino == self._inode
+        except OSError:
+            return False
 
     async def start(self, database_url: str) -> bool:
         """Bind the socket of ``database_url`` (taking over one a dead API left); False when there
-        is none to bind (PostgreSQL) or binding failed (the waiters then poll)."""
+        is none to bind (PostgreSQL), another live API on the same database has it (workers
+        tell that one; this one's waiters poll, as without events), or binding failed."""
         path = address(database_url)
         if path is None:
+            return False
+        if _listened(path):
+            log.info("job events off: another API on this database receives them; long-polls here poll")
             return False
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+                os.unlink(path)  # a dead API's: nobody receives on it
             sock.bind(path)
+            self._inode = os.stat(path).st_ino
             loop = asyncio.get_running_loop()
             self._transport, _ = await loop.create_datagram_endpoint(lambda: _Receiver(self), sock=sock)
         except OSError as exc:
@@ -146,10 +160,12 @@ class Hub:
         return True
 
     def close(self) -> None:
+        """Stop receiving, and remove the socket unless it is another API's by now."""
+        owned = self._owns()
         if self._transport is not None:
             self._transport.close()
             self._transport = None
-        if self._path is not None:
+        if owned and self._path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self._path)
 
@@ -178,6 +194,19 @@ class Hub:
             for scope in scopes:
                 for subscription in self._waiters.get(scope, ()):
                     subscription.note(str(kind), job_id or 0)
+
+
+def _listened(path: str) -> bool:
+    """Whether a live process receives on the socket at ``path``: a datagram socket connects
+    to a bound one, and is refused by the file a dead process left."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def _id(value: object) -> int | None:

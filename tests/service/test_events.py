@@ -116,6 +116,43 @@ def test_the_hub_routes_each_event_to_the_waiters_on_its_job_and_its_sweep(url: 
     asyncio.run(scenario())
 
 
+def test_a_second_api_on_the_database_leaves_the_first_its_events_and_never_removes_its_socket(url: str) -> None:
+    """Two APIs on one SQLite file (a second one to compare, a restart overlapping the old one):
+    the second must not take the socket (the first's waiters would hear nothing and fall back to
+    one read a second) nor, stopping, unlink it; a dead API's socket file is taken over."""
+
+    async def scenario() -> None:
+        first, second, third = events.Hub(), events.Hub(), events.Hub()
+        assert await first.start(url)
+        try:
+            assert not await second.start(url), "a live API's socket is not taken"
+            assert first.live
+            assert not second.live
+            second.close()
+            assert first.live, "the second API's stop left the first's socket in place"
+            with first.subscribe(("job", 41), events.ALL) as job_41:
+                events.publish(url, events.FINISHED, [(None, 41)])
+                async with asyncio.timeout(10):  # a bound on a hang, not a timing check
+                    await job_41.wait(60)
+                assert job_41.satisfied()
+            path = Path(str(events.address(url)))
+            path.unlink()  # a temp-folder cleaner: events cannot reach the first API any more
+            assert not first.live, "its waiters poll instead of waiting a second per read"
+            dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            dead.bind(str(path))
+            dead.close()  # the file a killed API leaves behind
+            assert await third.start(url), "a dead API's socket is taken over"
+            assert third.live
+            assert not first.live
+            first.close()
+            assert third.live, "the first API's stop did not remove the third's socket"
+        finally:
+            first.close()
+            third.close()
+
+    asyncio.run(scenario())
+
+
 def test_the_hub_is_off_for_postgresql_and_waits_time_out_without_events() -> None:
     async def scenario() -> None:
         hub = events.Hub()
