@@ -9,13 +9,14 @@ race the same way).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service import cache
@@ -79,20 +80,7 @@ def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_
     _legal(Q, R)
     now = utcnow()
     stale = now - dt.timedelta(seconds=stale_after_s)
-    c = JOBS.c
-    claimable = or_(c.status == Q, and_(c.status == R, or_(c.heartbeat_at.is_(None), c.heartbeat_at < stale)))
-    rows = session.execute(
-        update(JOBS)
-        .where(c.id.in_(list(job_ids)), claimable)
-        .values(
-            status=R,
-            attempt=c.attempt + 1,
-            worker=worker,
-            heartbeat_at=now,
-            started_at=func.coalesce(c.started_at, now),
-        )
-        .returning(c.id, c.attempt, c.spec, c.pack_id, c.sweep_id, c.trial_number, c.wall_seconds, c.spec_hash)
-    ).all()
+    rows = session.execute(_claim_statement(), {"ids": list(job_ids), "now": now, "stale": stale, "who": worker}).all()
     by_id = {
         row.id: Claim(
             row.id,
@@ -107,6 +95,28 @@ def claim(session: Session, job_ids: Sequence[int], *, worker: str, stale_after_
         for row in rows
     }
     return [by_id[job_id] for job_id in job_ids if job_id in by_id]
+
+
+@functools.cache
+def _claim_statement() -> Any:
+    """The claim's UPDATE, built once with its values as parameters (``ids``, ``now``, ``stale``,
+    ``who``): building and keying it again cost each claim ~0.5 ms, a third of its time."""
+    c = JOBS.c
+    now = bindparam("now", type_=c.heartbeat_at.type)
+    stale = bindparam("stale", type_=c.heartbeat_at.type)
+    claimable = or_(c.status == Q, and_(c.status == R, or_(c.heartbeat_at.is_(None), c.heartbeat_at < stale)))
+    return (
+        update(JOBS)
+        .where(c.id.in_(bindparam("ids", expanding=True)), claimable)
+        .values(
+            status=R,
+            attempt=c.attempt + 1,
+            worker=bindparam("who", type_=c.worker.type),
+            heartbeat_at=now,
+            started_at=func.coalesce(c.started_at, now),
+        )
+        .returning(c.id, c.attempt, c.spec, c.pack_id, c.sweep_id, c.trial_number, c.wall_seconds, c.spec_hash)
+    )
 
 
 def _owned(attempts: Mapping[int, int]) -> ColumnElement[bool]:
@@ -218,10 +228,22 @@ def finish(
         "device": device,
     }
     values |= {name: value for name, value in optional.items() if value is not None}
-    finished = session.execute(
-        update(JOBS).where(_owned({job_id: attempt})).values(**values, **summary_values()).returning(JOBS.c.id)
-    ).first()
-    return finished is not None
+    params = {f"v_{name}": value for name, value in values.items()} | {"job_id": job_id, "attempt_was": attempt}
+    return session.execute(_finish_statement(tuple(values)), params).first() is not None
+
+
+@functools.cache
+def _finish_statement(columns: tuple[str, ...]) -> Any:
+    """``finish``'s UPDATE of ``columns`` (each set from the parameter ``v_<name>``) and the
+    summary, guarded by ``job_id`` and ``attempt_was``, built once per set of columns (a handful):
+    building and keying it per job cost each final write ~0.5 ms."""
+    c = JOBS.c
+    return (
+        update(JOBS)
+        .where(c.status == R, c.id == bindparam("job_id"), c.attempt == bindparam("attempt_was"))
+        .values(**{name: bindparam(f"v_{name}", type_=c[name].type) for name in columns}, **summary_values())
+        .returning(c.id)
+    )
 
 
 def cancel_job(session: Session, job_id: int) -> None:
