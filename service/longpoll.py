@@ -134,7 +134,7 @@ async def hold(
         return not done if until == "done" else token == since
 
     hub: events.Hub | None = getattr(request.app.state, "events", None)
-    kinds = events.ALL if scope[0] == "job" else events.ALL - {events.PROGRESS}  # a sweep's token has no progress
+    kinds = _kinds(scope, until)
     subscribed = hub.subscribe(scope, kinds) if hub is not None and hub.live else contextlib.nullcontext(None)
     deadline = time.monotonic() + min(wait_s, settings.max_wait_s)
     interval = settings.longpoll_interval_s / 4  # a change about to land is seen sooner
@@ -153,3 +153,12 @@ async def hold(
                 continue
             await anyio.sleep(min(interval, remaining))
             interval = min(interval * 1.5, settings.longpoll_interval_s)
+
+
+def _kinds(scope: events.Scope, until: str) -> frozenset[str]:
+    """The events that can end a wait on ``scope``: until done, only a job's end and other changes
+    (a cancel, a hand-back); a claim or new rows finish nothing, and a separate sweep's waiter
+    would read the database once per claim for nothing. A sweep's token has no progress."""
+    if until == "done":
+        return frozenset({events.FINISHED, events.CHANGED})
+    return events.ALL if scope[0] == "job" else events.ALL - {events.PROGRESS}

@@ -184,7 +184,7 @@ def test_a_held_sweep_request_answers_on_the_event_not_on_the_fallback(
 ) -> None:
     """With the fallback longer than the wait, only events can end it before ``wait_s``. The
     first job's end is not the sweep's, and with one job left the waiter does not even look;
-    the second one's is."""
+    the second one's is. Claims finish nothing: a waiter for the end does not look at them."""
     monkeypatch.setattr(events, "FALLBACK_S", 120.0)
     reads = 0
     watch = sweep_service.watch
@@ -208,6 +208,8 @@ def test_a_held_sweep_request_answers_on_the_event_not_on_the_fallback(
         def finish_both() -> None:
             for job in jobs:
                 time.sleep(0.3)
+                events.publish(url, events.STARTED, [(created["id"], job["id"])])
+                time.sleep(0.1)
                 advance(sessions, job["id"], losses=[0.5], status=JobStatus.succeeded)
                 events.publish(url, events.FINISHED, [(created["id"], job["id"])])
 
