@@ -30,7 +30,7 @@ from workers import shutdown
 from workers.app import GPUS_ENV, wait_for_datasets, wait_for_torch
 from workers.database import DatabaseLost, with_db
 from workers.pruning import Pruning, pruning_for
-from workers.writer import OUTCOME_STATUS, RELEASED, Attempts, Writer, finish_details
+from workers.writer import OUTCOME_STATUS, RELEASED, Attempts, Writer, finish_details, in_background
 
 log = logging.getLogger("optimlab.worker")
 
@@ -103,16 +103,15 @@ def _checkpoint_done(
 
 @contextmanager
 def _beating(attempts: Attempts, interval: float, poll_s: float) -> Iterator[None]:
-    """Heartbeat the task's jobs (and read their flags every ``poll_s``) on a daemon thread for
-    the duration of the block.
+    """Heartbeat the task's jobs (and read their flags every ``poll_s``) on a helper thread
+    (``workers.writer.in_background``) for the duration of the block.
 
     The thread is told to stop, not joined: it ends at its next wake-up, and by then every job
     of the task is finished or handed back, so it writes nothing (its UPDATEs only match jobs
     this attempt still runs). Joining cost a short job ~2 ms of waiting for the thread to be
     scheduled on a busy machine."""
     stop = threading.Event()
-    thread = threading.Thread(target=attempts.heartbeat, args=(interval, poll_s, stop), daemon=True)
-    thread.start()
+    in_background("heartbeat", partial(attempts.heartbeat, interval, poll_s, stop))
     try:
         yield
     finally:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db import transitions
 from service.db.models import EpochMetric, Job
 from service.settings import Settings
-from tests.conftest import digits_spec, seed_spec, service_settings
+from tests.conftest import digits_spec, eventually, seed_spec, service_settings
 from tests.factories import insert_job
 from workers import run, writer
 from workers.app import child_gpu
@@ -53,6 +53,43 @@ def test_a_job_runs_to_succeeded_with_one_row_per_epoch(sessions: sessionmaker[S
     assert job.started_at is not None
     assert job.finished_at is not None
     assert not (settings.resolved_checkpoint_dir() / str(job_id)).exists()  # cleaned up when finished
+
+
+def test_successive_jobs_reuse_the_helper_threads(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """A task's heartbeat and epoch writer run on helper threads the process keeps: later jobs
+    start no thread (``Thread.start`` waits for the new thread to be scheduled, ~2 ms a job on
+    a busy host)."""
+    for _ in range(2):  # the first jobs may start the helpers
+        execute([create(sessions, seed_spec({"name": "sgd"}, epochs=2))], sessions, settings)
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counted(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        start(thread)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(threading.Thread, "start", counted)
+        for _ in range(3):
+            job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=2))
+            assert execute([job_id], sessions, settings) == "succeeded=1"
+    assert started == []
+    assert load(sessions, job_id)[0].epochs_done == 2
+
+
+def test_a_helper_whose_loop_failed_logs_it_and_runs_the_next(caplog: pytest.LogCaptureFixture) -> None:
+    ran = threading.Event()
+    failed = threading.Event()
+
+    def broken() -> None:
+        failed.set()
+        raise RuntimeError("boom")
+
+    writer.in_background("broken-loop", broken)
+    assert failed.wait(10)
+    eventually(lambda: any(r.message == "broken-loop failed" and r.exc_info for r in caplog.records), timeout=10)
+    writer.in_background("next-loop", ran.set)
+    assert ran.wait(10)
 
 
 def test_redelivery_of_a_finished_job_changes_nothing(sessions: sessionmaker[Session], settings: Settings) -> None:
