@@ -213,7 +213,8 @@ def describe(
     if cached is None:
         cached = repository.cached_counts(session, [sweep.id])[sweep.id]
     best = None
-    for metric in ("val_loss", "train_loss") if with_best else ():
+    # Only succeeded jobs have a mean: a sweep just created (the POST's answer) needs no query.
+    for metric in ("val_loss", "train_loss") if with_best and counts.get(JobStatus.succeeded.value) else ():
         board = repository.leaderboard(session, sweep.id, repository.LeaderboardQuery(metric=metric))
         if board and board[0]["mean"] is not None:
             best = LeaderboardRow(**board[0])
