@@ -17,7 +17,6 @@ trial (``bench/separate_overhead.py`` measures the whole service, noise and all)
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -38,7 +37,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    os.environ["OPTIMLAB_TORCH_THREADS"] = "1"
     import torch
 
     from optim_engine import train_trials
@@ -65,7 +63,8 @@ def main() -> None:
             return time.perf_counter() - started
 
         for spec in work.specs([1000])[:6]:  # warm: imports, the dataset, the statements, the helpers
-            job_path(spec), engine_alone(spec)
+            job_path(spec)
+            engine_alone(spec)
         alone: list[float] = []
         path: list[float] = []
         for index in range(args.rounds):

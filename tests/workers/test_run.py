@@ -4,6 +4,7 @@ database (SQLite and PostgreSQL): the same code Celery runs, called directly."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
 import time
 from pathlib import Path
@@ -68,9 +69,13 @@ def test_successive_jobs_reuse_the_helper_threads(sessions: sessionmaker[Session
         started.append(thread.name)
         start(thread)
 
+    helpers = writer._helpers(os.getpid())
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(threading.Thread, "start", counted)
         for _ in range(3):
+            # The last job's loops return just after it (nothing waits for them): once they have,
+            # its two helpers are free, and this job must take them rather than start threads.
+            eventually(lambda: helpers._idle >= 2, timeout=10)
             job_id = create(sessions, seed_spec({"name": "sgd"}, epochs=2))
             assert execute([job_id], sessions, settings) == "succeeded=1"
     assert started == []
